@@ -1,0 +1,2 @@
+/* PLACEHOLDER: to be written (cfgstream.h). */
+#include "cfgstream.h"

@@ -1,0 +1,3 @@
+/* PLACEHOLDER */
+#include "check.h"
+int main(void) { return check_summary(); }
