@@ -1,1 +1,147 @@
-int main(void) { return 0; }
+/*
+ * airgw-controlplane: owns the configuration. Loads settings, opens the
+ * store, makes sure an admin key exists, then serves the Admin API and the
+ * config stream on one libuv loop until SIGTERM/SIGINT, when it closes
+ * everything and exits 0.
+ *
+ * Exit codes: 0 after a clean stop, 1 when it cannot start (port taken,
+ * store unusable), 2 for a bad flag or config file.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "admin_http.h"
+#include "api.h"
+#include "auth.h"
+#include "config.h"
+#include "jsonschema.h"
+#include "log.h"
+#include "settings.h"
+#include "store.h"
+#include "stream_server.h"
+
+struct cp {
+    struct cp_settings settings; /* immutable after start */
+    uv_loop_t loop;              /* the one loop */
+    store *st;                   /* configuration store */
+    struct stream_server *ss;    /* config stream */
+    struct admin_http *admin;    /* Admin API */
+    struct api_ctx api;          /* what the API handlers see */
+    uv_signal_t sigterm, sigint; /* stop requests */
+};
+
+static void on_stop_signal(uv_signal_t *s, int signum)
+{
+    struct cp *cp = s->data;
+    log_info("received %s; stopping", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    admin_http_stop(cp->admin);
+    cp->admin = NULL;
+    stream_server_stop(cp->ss);
+    cp->ss = NULL;
+    uv_close((uv_handle_t *)&cp->sigterm, NULL);
+    uv_close((uv_handle_t *)&cp->sigint, NULL);
+}
+
+static int open_store(struct cp *cp, char *err, size_t errlen)
+{
+    const char *spec = cp->settings.store;
+    if (strncmp(spec, "sqlite:", 7) == 0) {
+        const char *path = spec + 7;
+        /* The database lives in its own directory; make it like the state dir. */
+        char dir[4096];
+        snprintf(dir, sizeof(dir), "%s", path);
+        char *slash = strrchr(dir, '/');
+        if (slash && slash != dir) {
+            *slash = '\0';
+            auth_mkdirs(dir);
+        }
+        return store_sqlite_open(path, cp->settings.history, &cp->st, err, errlen);
+    }
+    snprintf(err, errlen, "store \"%s\": the etcd store is not available in this build yet",
+             spec);
+    return -ENOTSUP;
+}
+
+int main(int argc, char **argv)
+{
+    static struct cp cp; /* large; static keeps it off the stack */
+    char err[1024];
+    int rc = settings_load(&cp.settings, argc, argv, err, sizeof(err));
+    if (rc == SETTINGS_EXIT_OK) {
+        settings_free(&cp.settings);
+        return 0;
+    }
+    if (rc < 0) {
+        fprintf(stderr, "airgw-controlplane: %s\n", err);
+        settings_free(&cp.settings);
+        return 2;
+    }
+    log_init("controlplane", cp.settings.log_level);
+    signal(SIGPIPE, SIG_IGN);
+    int exit_code = 1;
+
+    const char *key;
+    bool generated;
+    if (auth_ensure_admin_key(&cp.settings, &key, &generated, err, sizeof(err)) < 0) {
+        log_error("%s", err);
+        goto out_settings;
+    }
+    if (generated)
+        log_info("admin key: %s (no key configured; kept in %s/admin.key)", key,
+                 cp.settings.state_dir);
+    else
+        log_info("admin key: configured (%zu key%s)", cp.settings.nkeys,
+                 cp.settings.nkeys == 1 ? "" : "s");
+
+    if (open_store(&cp, err, sizeof(err)) < 0) {
+        log_error("%s", err);
+        goto out_settings;
+    }
+    log_info("store: %s at revision %lld", cp.settings.store,
+             (long long)store_revision(cp.st));
+
+    uv_loop_init(&cp.loop);
+    struct stream_server_opts so = {
+        .listen = (const struct sockaddr *)&cp.settings.config_listen,
+        .heartbeat_interval = cp.settings.heartbeat_interval,
+        .max_pending_bytes = cp.settings.max_pending_bytes,
+    };
+    if (stream_server_start(&cp.loop, cp.st, &so, &cp.ss, err, sizeof(err)) < 0) {
+        log_error("%s", err);
+        goto out_loop;
+    }
+    store_set_watch(cp.st, stream_server_publish, cp.ss);
+    cp.api.st = cp.st;
+    cp.api.ss = cp.ss;
+    if (admin_http_start(&cp.loop, &cp.settings, &cp.api, &cp.admin, err, sizeof(err)) < 0) {
+        log_error("%s", err);
+        stream_server_stop(cp.ss);
+        cp.ss = NULL;
+        goto out_loop;
+    }
+    uv_signal_init(&cp.loop, &cp.sigterm);
+    uv_signal_init(&cp.loop, &cp.sigint);
+    cp.sigterm.data = cp.sigint.data = &cp;
+    uv_signal_start(&cp.sigterm, on_stop_signal, SIGTERM);
+    uv_signal_start(&cp.sigint, on_stop_signal, SIGINT);
+    log_info("airgw-controlplane %s ready", AIRGW_VERSION);
+    exit_code = 0;
+
+out_loop:
+    uv_run(&cp.loop, UV_RUN_DEFAULT);
+    store_set_watch(cp.st, NULL, NULL);
+    if (uv_loop_close(&cp.loop) != 0)
+        log_warn("loop closed with handles still open");
+    store_close(cp.st);
+out_settings:
+    settings_free(&cp.settings);
+    config_cleanup();
+    jsonschema_cleanup();
+    if (exit_code == 0)
+        log_info("stopped");
+    return exit_code;
+}

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# airgw.sh: the one entry point of a checkout.
+#
+#   ./airgw.sh start   install what is missing (apt-get), build, and start the
+#                      gateway on loopback with its embedded SQLite store;
+#                      prints the admin key and a curl to try
+#   ./airgw.sh test    install what is missing, build, and run every test
+#                      (unit, end-to-end, then all again under ASan+UBSan, and
+#                      the fuzz targets over their corpora)
+#   ./airgw.sh stop    stop what start started
+#   ./airgw.sh status  what is running
+#   ./airgw.sh bench   the benchmarks (not part of test; writes docs/benchmarks.md)
+#   ./airgw.sh fuzz [SECONDS]  longer fuzzing runs of every fuzz target
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$PWD
+DATA=${AIRGW_DATA:-$ROOT/airgw-data}
+
+# Packages: what it takes to build and run, and what the tests add.
+RUN_PKGS="gcc meson ninja-build pkg-config python3 curl libuv1-dev libmicrohttpd-dev
+  libsqlite3-dev libjansson-dev libyaml-dev"
+TEST_PKGS="clang libclang-rt-14-dev sqlite3"
+
+install_pkgs() {
+    local missing=()
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+            missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "installing: ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
+}
+
+build() { # build DIR [meson options...]
+    local dir=$1
+    shift
+    if [ ! -f "$dir/build.ninja" ]; then
+        meson setup "$dir" "$@" >/dev/null
+    fi
+    ninja -C "$dir" >/dev/null || ninja -C "$dir"
+}
+
+wait_http() { # URL: up to 10 s
+    for _ in $(seq 100); do
+        curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+cmd_start() {
+    install_pkgs $RUN_PKGS
+    build build
+    mkdir -p "$DATA"
+    if [ -f "$DATA/controlplane.pid" ] && kill -0 "$(cat "$DATA/controlplane.pid")" 2>/dev/null; then
+        echo "airgw is already running (./airgw.sh stop to stop it)"
+    else
+        nohup build/controlplane/airgw-controlplane --state-dir "$DATA" \
+            >>"$DATA/controlplane.log" 2>&1 &
+        echo $! >"$DATA/controlplane.pid"
+        if ! wait_http http://127.0.0.1:9180/healthz; then
+            echo "the control plane did not come up; its log:" >&2
+            tail -n 20 "$DATA/controlplane.log" >&2
+            exit 1
+        fi
+    fi
+    local key
+    key=$(cat "$DATA/admin.key" 2>/dev/null || echo "(configured)")
+    cat <<MSG
+airgw is running.
+  Admin API      http://127.0.0.1:9180   (X-API-KEY: $key)
+  config stream  127.0.0.1:9280
+  logs           $DATA/controlplane.log
+Try:
+  curl -s http://127.0.0.1:9180/apisix/admin/routes/1 -H "X-API-KEY: $key" -X PUT \\
+    -d '{"uri":"/hello","upstream":{"type":"roundrobin","nodes":{"127.0.0.1:1980":1}}}'
+Stop with ./airgw.sh stop
+MSG
+}
+
+cmd_stop() {
+    local f="$DATA/controlplane.pid"
+    if [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; then
+        kill -TERM "$(cat "$f")"
+        echo "stopped"
+    else
+        echo "not running"
+    fi
+    rm -f "$f"
+}
+
+cmd_status() {
+    local f="$DATA/controlplane.pid"
+    if [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; then
+        echo "control plane running, pid $(cat "$f")"
+    else
+        echo "control plane not running"
+    fi
+}
+
+cmd_test() {
+    install_pkgs $RUN_PKGS $TEST_PKGS
+    exec python3 tests/run_all.py "$@"
+}
+
+cmd_fuzz() {
+    install_pkgs $RUN_PKGS $TEST_PKGS
+    exec python3 tests/run_all.py --fuzz-seconds "${1:-300}" --only fuzz
+}
+
+case "${1:-}" in
+start) cmd_start ;;
+stop) cmd_stop ;;
+status) cmd_status ;;
+test) shift; cmd_test "$@" ;;
+fuzz) shift; cmd_fuzz "$@" ;;
+bench) shift; install_pkgs $RUN_PKGS $TEST_PKGS; exec bash tests/bench/run.sh "$@" ;;
+*)
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac
