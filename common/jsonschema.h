@@ -20,6 +20,9 @@
  * oneOf, anyOf, allOf, not, if/then/else, dependencies (array form and schema
  * form), $ref ("#/definitions/NAME" resolved against the registry given to
  * jsonschema_validate), default, and "format": "ipv4"|"ipv6"|"cidr"(custom)
+ * Also, as lua-resty-jsonschema has them: multipleOf, items as an array
+ * (tuple form) with additionalItems, and draft 4 boolean
+ * exclusiveMinimum/exclusiveMaximum beside minimum/maximum.
  * Unknown keywords (description, title, ...) are ignored.
  *
  * Defaults: when a property is absent and its schema has "default", a deep
