@@ -3,13 +3,14 @@
  */
 #include "auth.h"
 
+#include "fsutil.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 /* Compares without an early exit; the length difference is folded in. */
@@ -31,26 +32,6 @@ int auth_check_key(const struct cp_settings *s, const char *presented)
         if (ct_equal(presented, s->keys[i].key) && role < 0)
             role = (int)s->keys[i].role;
     return role;
-}
-
-int auth_mkdirs(const char *path)
-{
-    char buf[4096];
-    size_t n = strlen(path);
-    if (n == 0 || n >= sizeof(buf))
-        return -EINVAL;
-    memcpy(buf, path, n + 1);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(buf, 0755) < 0 && errno != EEXIST)
-            return -errno;
-        *p = '/';
-    }
-    if (mkdir(buf, 0700) < 0 && errno != EEXIST)
-        return -errno;
-    return 0;
 }
 
 int auth_ensure_admin_key(struct cp_settings *s, const char **key_out, bool *from_state,
@@ -78,7 +59,7 @@ int auth_ensure_admin_key(struct cp_settings *s, const char **key_out, bool *fro
             return -EINVAL;
         }
     } else {
-        int rc = auth_mkdirs(s->state_dir);
+        int rc = fs_mkdirs(s->state_dir, 0700);
         if (rc < 0) {
             snprintf(err, errlen, "cannot create state dir %s: %s", s->state_dir, strerror(-rc));
             return rc;

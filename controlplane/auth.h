@@ -23,7 +23,4 @@ int auth_check_key(const struct cp_settings *s, const char *presented);
 int auth_ensure_admin_key(struct cp_settings *s, const char **key_out, bool *from_state,
                           char *err, size_t errlen);
 
-/* mkdir -p with mode 0700 for the last component. 0 or -errno. */
-int auth_mkdirs(const char *path);
-
 #endif

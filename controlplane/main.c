@@ -18,6 +18,7 @@
 #include "api.h"
 #include "auth.h"
 #include "config.h"
+#include "fsutil.h"
 #include "jsonschema.h"
 #include "log.h"
 #include "settings.h"
@@ -57,7 +58,7 @@ static int open_store(struct cp *cp, char *err, size_t errlen)
         char *slash = strrchr(dir, '/');
         if (slash && slash != dir) {
             *slash = '\0';
-            auth_mkdirs(dir);
+            fs_mkdirs(dir, 0700);
         }
         return store_sqlite_open(path, cp->settings.history, &cp->st, err, errlen);
     }

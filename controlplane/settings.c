@@ -6,11 +6,11 @@
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cfgfile.h"
 #include "log.h"
 #include "netaddr.h"
 #include "yaml_json.h"
@@ -31,18 +31,6 @@ static const char usage[] =
     "      --log-level LEVEL      error, warn, info (default) or debug\n"
     "  -h, --help                 this text\n"
     "  -V, --version              print the version\n";
-
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -EINVAL;
-}
 
 static void set_str(char **dst, const char *v)
 {
@@ -69,7 +57,7 @@ static int set_addr(struct sockaddr_storage *dst, const char *what, const char *
 {
     char why[200];
     if (netaddr_parse(v, dst, why, sizeof(why)) < 0)
-        return fail(err, errlen, "%s: %s", what, why);
+        return cfg_fail(err, errlen, "%s: %s", what, why);
     return 0;
 }
 
@@ -79,32 +67,7 @@ static int check_store(const char *v, char *err, size_t errlen)
         return 0;
     if (strncmp(v, "etcd:", 5) == 0 && v[5] != '\0')
         return 0;
-    return fail(err, errlen, "store: \"%s\" is not sqlite:PATH or etcd:URL[,URL...]", v);
-}
-
-/* Rejects members of obj not in the NULL-terminated list allowed. */
-static int only_keys(const json_t *obj, const char *where, const char *const *allowed, char *err,
-                     size_t errlen)
-{
-    const char *k;
-    json_t *v;
-    json_object_foreach((json_t *)obj, k, v) {
-        int ok = 0;
-        for (const char *const *a = allowed; *a; a++)
-            if (strcmp(*a, k) == 0)
-                ok = 1;
-        if (!ok)
-            return fail(err, errlen, "%s: unknown key \"%s.%s\"", "config", where, k);
-    }
-    return 0;
-}
-
-static int want_type(const json_t *v, json_type type, const char *path, const char *tname, char *err,
-                     size_t errlen)
-{
-    if (!v || json_typeof(v) != type)
-        return fail(err, errlen, "config: \"%s\" must be %s", path, tname);
-    return 0;
+    return cfg_fail(err, errlen, "store: \"%s\" is not sqlite:PATH or etcd:URL[,URL...]", v);
 }
 
 static int load_admin(struct cp_settings *s, const json_t *admin, char *err, size_t errlen)
@@ -112,9 +75,9 @@ static int load_admin(struct cp_settings *s, const json_t *admin, char *err, siz
     static const char *const keys[] = {"admin_listen", "admin_key", "allow_admin",
                                        "admin_key_required", "enable_admin_cors", NULL};
     int rc;
-    if ((rc = want_type(admin, JSON_OBJECT, "deployment.admin", "a mapping", err, errlen)))
+    if ((rc = cfg_want(admin, JSON_OBJECT, "deployment.admin", "a mapping", err, errlen)))
         return rc;
-    if ((rc = only_keys(admin, "deployment.admin", keys, err, errlen)))
+    if ((rc = cfg_only_keys(admin, "deployment.admin", keys, err, errlen)))
         return rc;
     json_t *listen = json_object_get(admin, "admin_listen");
     if (listen) {
@@ -124,21 +87,21 @@ static int load_admin(struct cp_settings *s, const json_t *admin, char *err, siz
         } else if (json_is_object(listen)) {
             json_t *ip = json_object_get(listen, "ip"), *port = json_object_get(listen, "port");
             if (!json_is_integer(port) || (ip && !json_is_string(ip)))
-                return fail(err, errlen,
+                return cfg_fail(err, errlen,
                             "config: deployment.admin.admin_listen needs ip (string) and "
                             "port (integer)");
             const char *ips = ip ? json_string_value(ip) : "127.0.0.1";
             snprintf(buf, sizeof(buf), strchr(ips, ':') ? "[%s]:%lld" : "%s:%lld", ips,
                      (long long)json_integer_value(port));
         } else {
-            return fail(err, errlen, "config: deployment.admin.admin_listen must be a mapping");
+            return cfg_fail(err, errlen, "config: deployment.admin.admin_listen must be a mapping");
         }
         if ((rc = set_addr(&s->admin_listen, "deployment.admin.admin_listen", buf, err, errlen)))
             return rc;
     }
     json_t *akeys = json_object_get(admin, "admin_key");
     if (akeys) {
-        if ((rc = want_type(akeys, JSON_ARRAY, "deployment.admin.admin_key", "a list", err,
+        if ((rc = cfg_want(akeys, JSON_ARRAY, "deployment.admin.admin_key", "a list", err,
                             errlen)))
             return rc;
         size_t i;
@@ -147,7 +110,7 @@ static int load_admin(struct cp_settings *s, const json_t *admin, char *err, siz
             json_t *key = json_object_get(k, "key"), *role = json_object_get(k, "role");
             json_t *name = json_object_get(k, "name");
             if (!json_is_object(k) || !json_is_string(key) || json_string_length(key) == 0)
-                return fail(err, errlen,
+                return cfg_fail(err, errlen,
                             "config: deployment.admin.admin_key[%zu] needs a non-empty key",
                             i + 1);
             enum admin_role r = ROLE_ADMIN;
@@ -157,7 +120,7 @@ static int load_admin(struct cp_settings *s, const json_t *admin, char *err, siz
                 else if (json_is_string(role) && strcmp(json_string_value(role), "viewer") == 0)
                     r = ROLE_VIEWER;
                 else
-                    return fail(err, errlen,
+                    return cfg_fail(err, errlen,
                                 "config: deployment.admin.admin_key[%zu].role must be admin "
                                 "or viewer",
                                 i + 1);
@@ -168,7 +131,7 @@ static int load_admin(struct cp_settings *s, const json_t *admin, char *err, siz
     }
     json_t *allow = json_object_get(admin, "allow_admin");
     if (allow) {
-        if ((rc = want_type(allow, JSON_ARRAY, "deployment.admin.allow_admin", "a list", err,
+        if ((rc = cfg_want(allow, JSON_ARRAY, "deployment.admin.allow_admin", "a list", err,
                             errlen)))
             return rc;
         free(s->allow_admin);
@@ -178,7 +141,7 @@ static int load_admin(struct cp_settings *s, const json_t *admin, char *err, siz
         json_t *c;
         json_array_foreach(allow, i, c) {
             if (!json_is_string(c) || cidr_parse(json_string_value(c), &s->allow_admin[i]) < 0)
-                return fail(err, errlen,
+                return cfg_fail(err, errlen,
                             "config: deployment.admin.allow_admin[%zu] is not an address or "
                             "CIDR",
                             i + 1);
@@ -193,13 +156,13 @@ static int load_stream(struct cp_settings *s, const json_t *cs, char *err, size_
     static const char *const keys[] = {"listen", "heartbeat_interval", "max_pending_bytes",
                                        "history", NULL};
     int rc;
-    if ((rc = want_type(cs, JSON_OBJECT, "deployment.config_stream", "a mapping", err, errlen)))
+    if ((rc = cfg_want(cs, JSON_OBJECT, "deployment.config_stream", "a mapping", err, errlen)))
         return rc;
-    if ((rc = only_keys(cs, "deployment.config_stream", keys, err, errlen)))
+    if ((rc = cfg_only_keys(cs, "deployment.config_stream", keys, err, errlen)))
         return rc;
     json_t *v;
     if ((v = json_object_get(cs, "listen"))) {
-        if ((rc = want_type(v, JSON_STRING, "deployment.config_stream.listen", "ADDR:PORT", err,
+        if ((rc = cfg_want(v, JSON_STRING, "deployment.config_stream.listen", "ADDR:PORT", err,
                             errlen)))
             return rc;
         if ((rc = set_addr(&s->config_listen, "deployment.config_stream.listen",
@@ -209,14 +172,14 @@ static int load_stream(struct cp_settings *s, const json_t *cs, char *err, size_
     if ((v = json_object_get(cs, "heartbeat_interval"))) {
         double d = json_number_value(v);
         if (!json_is_number(v) || !(d >= 0.05 && d <= 3600))
-            return fail(err, errlen,
+            return cfg_fail(err, errlen,
                         "config: deployment.config_stream.heartbeat_interval must be a number "
                         "of seconds from 0.05 to 3600");
         s->heartbeat_interval = d;
     }
     if ((v = json_object_get(cs, "max_pending_bytes"))) {
         if (!json_is_integer(v) || json_integer_value(v) < 65536)
-            return fail(err, errlen,
+            return cfg_fail(err, errlen,
                         "config: deployment.config_stream.max_pending_bytes must be an integer "
                         ">= 65536");
         s->max_pending_bytes = (size_t)json_integer_value(v);
@@ -224,7 +187,7 @@ static int load_stream(struct cp_settings *s, const json_t *cs, char *err, size_
     if ((v = json_object_get(cs, "history"))) {
         if (!json_is_integer(v) || json_integer_value(v) < 1 ||
             json_integer_value(v) > 10000000)
-            return fail(err, errlen,
+            return cfg_fail(err, errlen,
                         "config: deployment.config_stream.history must be an integer from 1 "
                         "to 10000000");
         s->history = (int)json_integer_value(v);
@@ -237,10 +200,10 @@ static int load_file(struct cp_settings *s, const char *path, char *err, size_t 
     char why[512];
     json_t *root = yaml_json_load_file(path, why, sizeof(why));
     if (!root)
-        return fail(err, errlen, "config: %s", why);
+        return cfg_fail(err, errlen, "config: %s", why);
     int rc = 0;
     if (!json_is_object(root)) {
-        rc = fail(err, errlen, "config: %s: the top level must be a mapping", path);
+        rc = cfg_fail(err, errlen, "config: %s: the top level must be a mapping", path);
         goto out;
     }
     const char *k;
@@ -254,7 +217,7 @@ static int load_file(struct cp_settings *s, const char *path, char *err, size_t 
             log_warn("config: section \"%s\" is not used by the control plane; ignored", k);
             continue;
         }
-        rc = fail(err, errlen, "config: %s: unknown top-level key \"%s\"", path, k);
+        rc = cfg_fail(err, errlen, "config: %s: unknown top-level key \"%s\"", path, k);
         goto out;
     }
     json_t *dep = json_object_get(root, "deployment");
@@ -263,29 +226,29 @@ static int load_file(struct cp_settings *s, const char *path, char *err, size_t 
     static const char *const dkeys[] = {"admin", "config_stream", "store", "state_dir",
                                         "log_level", "etcd", "role", "role_control_plane",
                                         NULL};
-    if ((rc = want_type(dep, JSON_OBJECT, "deployment", "a mapping", err, errlen)))
+    if ((rc = cfg_want(dep, JSON_OBJECT, "deployment", "a mapping", err, errlen)))
         goto out;
-    if ((rc = only_keys(dep, "deployment", dkeys, err, errlen)))
+    if ((rc = cfg_only_keys(dep, "deployment", dkeys, err, errlen)))
         goto out;
     if ((v = json_object_get(dep, "admin")) && (rc = load_admin(s, v, err, errlen)))
         goto out;
     if ((v = json_object_get(dep, "config_stream")) && (rc = load_stream(s, v, err, errlen)))
         goto out;
     if ((v = json_object_get(dep, "store"))) {
-        if ((rc = want_type(v, JSON_STRING, "deployment.store", "a string", err, errlen)) ||
+        if ((rc = cfg_want(v, JSON_STRING, "deployment.store", "a string", err, errlen)) ||
             (rc = check_store(json_string_value(v), err, errlen)))
             goto out;
         set_str(&s->store, json_string_value(v));
     }
     if ((v = json_object_get(dep, "state_dir"))) {
-        if ((rc = want_type(v, JSON_STRING, "deployment.state_dir", "a string", err, errlen)))
+        if ((rc = cfg_want(v, JSON_STRING, "deployment.state_dir", "a string", err, errlen)))
             goto out;
         set_str(&s->state_dir, json_string_value(v));
     }
     if ((v = json_object_get(dep, "log_level"))) {
         int lvl = json_is_string(v) ? log_level_parse(json_string_value(v)) : -1;
         if (lvl < 0) {
-            rc = fail(err, errlen,
+            rc = cfg_fail(err, errlen,
                       "config: deployment.log_level must be error, warn, info or debug");
             goto out;
         }
@@ -342,14 +305,14 @@ int settings_load(struct cp_settings *s, int argc, char **argv, char *err, size_
             return SETTINGS_EXIT_OK;
         } else if (c == '?') {
             if (optopt)
-                return fail(err, errlen, "option -%c: unknown or missing its value (see --help)",
+                return cfg_fail(err, errlen, "option -%c: unknown or missing its value (see --help)",
                             optopt);
-            return fail(err, errlen, "unknown option \"%s\" or missing value (see --help)",
+            return cfg_fail(err, errlen, "unknown option \"%s\" or missing value (see --help)",
                         argv[optind - 1]);
         }
     }
     if (optind < argc)
-        return fail(err, errlen, "unexpected argument \"%s\" (see --help)", argv[optind]);
+        return cfg_fail(err, errlen, "unexpected argument \"%s\" (see --help)", argv[optind]);
     int rc;
     if (s->config_file && (rc = load_file(s, s->config_file, err, errlen)))
         return rc;
@@ -367,7 +330,7 @@ int settings_load(struct cp_settings *s, int argc, char **argv, char *err, size_
             break;
         case OPT_ADMIN_KEY:
             if (optarg[0] == '\0')
-                return fail(err, errlen, "--admin-key: the key must not be empty");
+                return cfg_fail(err, errlen, "--admin-key: the key must not be empty");
             settings_add_key(s, "admin", optarg, ROLE_ADMIN);
             break;
         case OPT_STORE:
@@ -380,7 +343,7 @@ int settings_load(struct cp_settings *s, int argc, char **argv, char *err, size_
             break;
         case OPT_LOG_LEVEL:
             if ((s->log_level = log_level_parse(optarg)) < 0)
-                return fail(err, errlen, "--log-level: must be error, warn, info or debug");
+                return cfg_fail(err, errlen, "--log-level: must be error, warn, info or debug");
             break;
         default:
             break;
