@@ -903,7 +903,36 @@ static int check_array(struct vctx *c, const json_t *schema, json_t *doc, int de
                 return wrap(c, "failed to validate item %zu: ", i + 1);
     }
 
+    if (json_is_true(uniq) && n > 16) {
+        /* Arrays of strings (uris, hosts, methods...) can be long: check them
+         * with a hash set so a large body costs O(n), not O(n^2). The result
+         * is the same pair the pairwise loop below reports. */
+        size_t i;
+        json_t *item, *seen = json_object();
+        int all_strings = 1;
+        json_array_foreach(doc, i, item) {
+            if (!json_is_string(item)) {
+                all_strings = 0;
+                break;
+            }
+            const char *str = json_string_value(item);
+            size_t len = json_string_length(item);
+            json_t *first = json_object_getn(seen, str, len);
+            if (first) {
+                size_t fi = (size_t)json_integer_value(first);
+                json_decref(seen);
+                return fail(c, "expected unique items but items %zu and %zu are equal", fi + 1,
+                            i + 1);
+            }
+            json_object_setn_new(seen, str, len, json_integer((json_int_t)i));
+        }
+        json_decref(seen);
+        if (all_strings)
+            return 0;
+    }
     if (json_is_true(uniq)) {
+        if (n > 4096)
+            return fail(c, "expect array to have at most 4096 items");
         for (size_t j = 1; j < n; j++)
             for (size_t i = 0; i < j; i++)
                 if (equal(json_array_get(doc, i), json_array_get(doc, j), 0))

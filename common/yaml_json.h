@@ -8,6 +8,10 @@
  * aliases are resolved (bounded, so "billion laughs" fails cleanly). Mapping
  * keys must be scalars. Nesting is bounded (YAML_JSON_MAX_DEPTH).
  *
+ * One document only (a second is an error); .inf/.nan are errors (JSON has
+ * none); integers beyond int64 become reals; duplicate or non-scalar keys are
+ * errors; "<<" merge keys are supported; unknown tags are errors.
+ *
  * The caller owns the returned tree (json_decref).
  */
 #ifndef AIRGW_YAML_JSON_H

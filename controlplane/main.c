@@ -8,10 +8,13 @@
  * store unusable), 2 for a bad flag or config file.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "admin_http.h"
@@ -33,6 +36,7 @@ struct cp {
     struct admin_http *admin;    /* Admin API */
     struct api_ctx api;          /* what the API handlers see */
     uv_signal_t sigterm, sigint; /* stop requests */
+    int lock_fd;                 /* flock on the SQLite store, -1 if none */
 };
 
 static void on_stop_signal(uv_signal_t *s, int signum)
@@ -60,6 +64,16 @@ static int open_store(struct cp *cp, char *err, size_t errlen)
             *slash = '\0';
             fs_mkdirs(dir, 0700);
         }
+        /* One control plane per SQLite file: a second one would write revisions
+         * the first never streams. The lock dies with the process. */
+        char lock[4200];
+        snprintf(lock, sizeof(lock), "%s.lock", path);
+        cp->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (cp->lock_fd < 0 || flock(cp->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+            snprintf(err, errlen, "store %.900s is in use by another control plane (%s)", path,
+                     strerror(errno));
+            return -EBUSY;
+        }
         return store_sqlite_open(path, cp->settings.history, &cp->st, err, errlen);
     }
     snprintf(err, errlen, "store \"%s\": the etcd store is not available in this build yet",
@@ -84,6 +98,7 @@ int main(int argc, char **argv)
     log_init("controlplane", cp.settings.log_level);
     signal(SIGPIPE, SIG_IGN);
     int exit_code = 1;
+    cp.lock_fd = -1;
 
     const char *key;
     bool generated;
@@ -139,6 +154,8 @@ out_loop:
         log_warn("loop closed with handles still open");
     store_close(cp.st);
 out_settings:
+    if (cp.lock_fd >= 0)
+        close(cp.lock_fd);
     settings_free(&cp.settings);
     config_cleanup();
     jsonschema_cleanup();

@@ -529,6 +529,31 @@ static const struct store_ops sqlite_ops = {
     .close = sq_close,
 };
 
+/* fsyncs the directory that holds path, so that a new entry in it survives
+ * a power loss (SQLite does this for its WAL, not for the database file). */
+static int sync_parent(const char *path)
+{
+    char *p = strdup(path);
+    if (!p)
+        return -ENOMEM;
+    char *last = strrchr(p, '/');
+    const char *dir = p;
+    if (!last)
+        dir = ".";
+    else if (last == p)
+        dir = "/";
+    else
+        *last = '\0';
+    int rc = 0;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || fsync(fd) != 0)
+        rc = -errno;
+    if (fd >= 0)
+        close(fd);
+    free(p);
+    return rc;
+}
+
 /* mkdir -p of path's directory (mode 0700: the store holds credentials). */
 static int make_parents(const char *path)
 {
@@ -544,7 +569,10 @@ static int make_parents(const char *path)
                 continue;
             char save = *c;
             *c = '\0';
-            if (mkdir(p, 0700) != 0 && errno != EEXIST) {
+            if (mkdir(p, 0700) == 0) {
+                if ((rc = sync_parent(p)) != 0)
+                    break;
+            } else if (errno != EEXIST) {
                 rc = -errno;
                 break;
             }
@@ -670,8 +698,15 @@ int store_sqlite_open(const char *path, int history, store **out, char *err, siz
             snprintf(err, errlen, "%s: cannot create its directory: %s", path, strerror(-rc));
             return rc;
         }
-        /* Create it ourselves so the mode is 0600 whatever the umask. */
-        int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        /* Create it ourselves: mode 0600 whatever the umask (SQLite gives
+         * its -wal and -shm files the same mode), and a synced directory
+         * entry. An existing file keeps the mode the operator gave it. */
+        bool created = true;
+        int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0 && errno == EEXIST) {
+            created = false;
+            fd = open(path, O_RDWR | O_CLOEXEC);
+        }
         if (fd < 0) {
             rc = -errno;
             snprintf(err, errlen, "%s: %s", path, strerror(errno));
@@ -679,7 +714,16 @@ int store_sqlite_open(const char *path, int history, store **out, char *err, siz
         }
         struct stat sb;
         bool regular = fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode);
+        rc = 0;
+        if (regular && created && (fchmod(fd, 0600) != 0 || fsync(fd) != 0))
+            rc = -errno;
         close(fd);
+        if (rc == 0 && created)
+            rc = sync_parent(path);
+        if (rc != 0) {
+            snprintf(err, errlen, "%s: %s", path, strerror(-rc));
+            return rc;
+        }
         if (!regular) {
             snprintf(err, errlen, "%s: not a regular file", path);
             return -EINVAL;

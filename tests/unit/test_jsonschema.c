@@ -326,6 +326,29 @@ static void test_unique_items(void)
     CHECK_STREQ(v("{\"uniqueItems\":false}", "[1,1]"), "ok");
 }
 
+/* Long string arrays take the hashed path: same answer as the pairwise one. */
+static void test_unique_items_long(void)
+{
+    const char *s = "{\"uniqueItems\":true}";
+    size_t cap = 50000 * 12 + 16, len = 0;
+    char *doc = malloc(cap);
+    REQUIRE(doc);
+    doc[len++] = '[';
+    for (int i = 0; i < 50000; i++)
+        len += (size_t)snprintf(doc + len, cap - len, "%s\"u%d\"", i ? "," : "", i);
+    doc[len++] = ']';
+    doc[len] = '\0';
+    CHECK_STREQ(v(s, doc), "ok");
+    /* A duplicate of item 7 at the very end. */
+    memcpy(doc + len - 1, ",\"u6\"]", 7);
+    CHECK_STREQ(v(s, doc), "expected unique items but items 7 and 50001 are equal");
+    free(doc);
+    /* Mixed types still work past the string fast path. */
+    CHECK_STREQ(v(s, "[\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\",\"i\",\"j\",\"k\","
+                     "\"l\",\"m\",\"n\",\"o\",\"p\",\"q\",1,1]"),
+                "expected unique items but items 18 and 19 are equal");
+}
+
 /* ---- strings ---------------------------------------------------------------- */
 
 static void test_string_length(void)
@@ -954,6 +977,7 @@ int main(void)
     RUN(test_items_tuple);
     RUN(test_min_max_items);
     RUN(test_unique_items);
+    RUN(test_unique_items_long);
     RUN(test_string_length);
     RUN(test_pattern);
     RUN(test_pattern_pcre_translation);
