@@ -166,7 +166,11 @@ static int conn_send(struct dp_conn *c, struct frame *f, int check_backlog)
         log_warn("config stream: data plane %s (%s) is too slow: %zu bytes unsent; "
                  "disconnecting it (it will resync)",
                  c->node_id, c->addr, queued);
-        conn_close(c);
+        /* A reset drops the kernel's buffers too, and the peer sees it at once
+         * even though it is not reading. */
+        c->state = DP_CLOSING;
+        if (uv_tcp_close_reset(&c->tcp, on_conn_closed) < 0)
+            uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
         return -ENOBUFS;
     }
     struct wreq *w = malloc(sizeof(*w));
@@ -358,9 +362,11 @@ static void on_message(struct dp_conn *c, const struct cfgs_msg *m)
         if (m->revision > c->acked_rev)
             c->acked_rev = m->revision;
         break;
-    case CFGS_PING:
-        send_encoded(c, cfgs_encode_ping(CFGS_PONG, m->ts, &d, &n), d, n, 1);
+    case CFGS_PING: {
+        int rc = cfgs_encode_ping(CFGS_PONG, m->ts, &d, &n);
+        send_encoded(c, rc, d, n, 1);
         break;
+    }
     case CFGS_PONG:
         break;
     case CFGS_ERROR:
@@ -476,7 +482,8 @@ static void on_heartbeat(uv_timer_t *t)
         if (c->state == DP_LIVE) {
             char *d;
             size_t n;
-            send_encoded(c, cfgs_encode_ping(CFGS_PING, ts, &d, &n), d, n, 1);
+            int rc = cfgs_encode_ping(CFGS_PING, ts, &d, &n);
+            send_encoded(c, rc, d, n, 1);
         }
     }
 }
