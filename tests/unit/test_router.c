@@ -9,6 +9,7 @@
 #include "router.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdint.h>
@@ -399,7 +400,7 @@ static void test_vars_compare(void)
     /* == and ~= with strings, numbers and null (absent) */
     CHECK(eval("[[\"arg_name\", \"==\", \"json\"]]", &v) == 1);
     CHECK(eval("[[\"arg_name\", \"==\", \"JSON\"]]", &v) == 0);
-    CHECK(eval("[[\"arg_n\", \"==\", 10]]", &v) == 1);    /* tonumber("10.0") == 10 */
+    CHECK(eval("[[\"arg_n\", \"==\", 10]]", &v) == 1);     /* tonumber("10.0") == 10 */
     CHECK(eval("[[\"arg_n\", \"==\", \"10\"]]", &v) == 0); /* string compare */
     CHECK(eval("[[\"arg_word\", \"==\", 10]]", &v) == 0);
     CHECK(eval("[[\"arg_none\", \"==\", null]]", &v) == 1);
@@ -455,8 +456,7 @@ static void test_vars_regex_in_has_ip(void)
     CHECK(eval("[[\"http_x_list\", \"has\", \"e\"]]", &v) == 0);
     CHECK(eval("[[\"arg_none\", \"has\", \"a\"]]", &v) == 0);
     /* ipmatch */
-    CHECK(eval("[[\"remote_addr\", \"ipmatch\", [\"10.0.0.0/8\", \"192.168.0.0/16\"]]]", &v) ==
-          1);
+    CHECK(eval("[[\"remote_addr\", \"ipmatch\", [\"10.0.0.0/8\", \"192.168.0.0/16\"]]]", &v) == 1);
     CHECK(eval("[[\"remote_addr\", \"ipmatch\", \"192.168.5.7\"]]", &v) == 1);
     CHECK(eval("[[\"remote_addr\", \"ipmatch\", [\"10.0.0.0/8\"]]]", &v) == 0);
     CHECK(eval("[[\"remote_addr\", \"!\", \"ipmatch\", [\"10.0.0.0/8\"]]]", &v) == 1);
@@ -589,8 +589,8 @@ static void test_many_routes(void)
         if (i % 3 == 0)
             snprintf(json, sizeof(json), "{\"uri\": \"/api/v1/%s/%d\"}", res, i);
         else
-            snprintf(json, sizeof(json), "{\"uri\": \"/api/v1/%s/%d\", \"host\": \"h%d.example.com\"}",
-                     res, i, i % 7);
+            snprintf(json, sizeof(json),
+                     "{\"uri\": \"/api/v1/%s/%d\", \"host\": \"h%d.example.com\"}", res, i, i % 7);
         rc = add(r, i + 1, json);
     }
     /* prefixes per resource, and a catch-all */
@@ -631,9 +631,9 @@ static void test_bad_input(void)
     struct router *r = router_new();
     REQUIRE(r);
     int rc;
-    CHECK_CONTAINS(add_err(r, "{\"uri\": \"/v\", \"vars\": [[\"arg_x\", \"~~\", \"(unclosed\"]]}",
-                           &rc),
-                   "failed to compile regex");
+    CHECK_CONTAINS(
+        add_err(r, "{\"uri\": \"/v\", \"vars\": [[\"arg_x\", \"~~\", \"(unclosed\"]]}", &rc),
+        "failed to compile regex");
     CHECK(rc == -EINVAL);
     CHECK_CONTAINS(add_err(r, "{\"uri\": \"/v\", \"vars\": {\"a\": 1}}", &rc), "vars");
     CHECK(rc == -EINVAL);
@@ -723,6 +723,231 @@ static void test_odd_requests(void)
     router_free(r);
 }
 
+static void test_tree_shapes(void)
+{
+    /* Prefix nodes with 1..40 children (inline first bytes up to 12, memchr past 16). */
+    static const int fanouts[] = {1, 2, 11, 12, 13, 16, 17, 40};
+    static const char chars[] = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOP";
+    struct router *r = router_new();
+    REQUIRE(r);
+    char json[256], path[128];
+    int id = 1;
+    for (int f = 0; f < COUNT(fanouts); f++) {
+        for (int c = 0; c < fanouts[f]; c++) {
+            snprintf(json, sizeof(json), "{\"uri\": \"/s%d/%c*\"}", fanouts[f], chars[c]);
+            REQUIRE(add(r, id++, json) == 0);
+        }
+    }
+    /* long labels: past the 16-byte compare loop and the 28-byte inline label */
+    const char *longs[] = {
+        "{\"uri\": \"/long/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/*\"}",
+        "{\"uri\": \"/long/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/b/*\"}",
+        "{\"uri\": \"/long/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/b/c\"}",
+        "{\"uri\": \"/long/abcdefghijklmnop/*\"}",
+    };
+    int long_id = id;
+    for (int i = 0; i < COUNT(longs); i++)
+        REQUIRE(add(r, id++, longs[i]) == 0);
+    REQUIRE(router_build(r) == 0);
+
+    id = 1;
+    int bad = 0;
+    for (int f = 0; f < COUNT(fanouts); f++) {
+        for (int c = 0; c < fanouts[f]; c++) {
+            snprintf(path, sizeof(path), "/s%d/%cxyz", fanouts[f], chars[c]);
+            if (match(r, "GET", NULL, path) != id)
+                bad++;
+            id++;
+        }
+        snprintf(path, sizeof(path), "/s%d/%c", fanouts[f], chars[fanouts[f]]);
+        if (match(r, "GET", NULL, path) != 0)
+            bad++;
+    }
+    CHECK(bad == 0);
+    const char *a61 = "/long/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    snprintf(path, sizeof(path), "%s/x", a61);
+    CHECK(match(r, "GET", NULL, path) == long_id);
+    snprintf(path, sizeof(path), "%s/b/x", a61);
+    CHECK(match(r, "GET", NULL, path) == long_id + 1);
+    snprintf(path, sizeof(path), "%s/b/c", a61);
+    CHECK(match(r, "GET", NULL, path) == long_id + 2);
+    snprintf(path, sizeof(path), "%s/b/cc", a61);
+    CHECK(match(r, "GET", NULL, path) == long_id + 1);
+    CHECK(match(r, "GET", NULL, "/long/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab/x") == 0);
+    CHECK(match(r, "GET", NULL, "/long/abcdefghijklmnop/") == long_id + 3);
+    CHECK(match(r, "GET", NULL, "/long/abcdefghijklmnoq/") == 0);
+    router_free(r);
+}
+
+/*
+ * A naive reference matcher for the differential test: the rules of
+ * router.h applied by scanning every route. Routes use one host (or none),
+ * one uri (exact, or a prefix ending in '*'), methods and priority.
+ */
+struct ref_route {
+    char host[32]; /* "" = none; may start with '*' */
+    char uri[48];  /* the uri */
+    int methods;   /* 1 = GET only, 2 = POST only, 0 = any */
+    int prio;      /* priority */
+};
+
+static bool ref_path_ok(const struct ref_route *rt, const char *path, size_t *keylen, bool *exact)
+{
+    size_t n = strlen(rt->uri);
+    if (rt->uri[n - 1] != '*') {
+        *exact = true;
+        *keylen = n;
+        return strcmp(rt->uri, path) == 0;
+    }
+    *exact = false;
+    *keylen = n - 1;
+    return strncmp(rt->uri, path, n - 1) == 0;
+}
+
+/* Best route of those on host pattern `host` ("" = host-less); -1 if none. */
+static int ref_path_match(const struct ref_route *rts, int n, const char *host, const char *path,
+                          int method)
+{
+    int best = -1;
+    size_t best_key = 0;
+    bool best_exact = false;
+    for (int i = 0; i < n; i++) {
+        const struct ref_route *rt = &rts[i];
+        size_t key;
+        bool exact;
+        if (strcmp(rt->host, host) != 0 || !ref_path_ok(rt, path, &key, &exact))
+            continue;
+        if (rt->methods && rt->methods != method)
+            continue;
+        if (best >= 0) {
+            const struct ref_route *b = &rts[best];
+            /* exact beats prefix, longer key beats shorter, then priority, then uri length */
+            if (best_exact != exact) {
+                if (best_exact)
+                    continue;
+            } else if (best_key != key) {
+                if (best_key > key)
+                    continue;
+            } else if (b->prio != rt->prio) {
+                if (b->prio > rt->prio)
+                    continue;
+            } else if (strlen(b->uri) >= strlen(rt->uri)) {
+                continue; /* equal: the earlier one stays */
+            }
+        }
+        best = i;
+        best_key = key;
+        best_exact = exact;
+    }
+    return best;
+}
+
+static int ref_match(const struct ref_route *rts, int n, const char *host, const char *path,
+                     int method)
+{
+    if (host && *host) {
+        /* host entries: the exact host, then wildcards by longer suffix */
+        int i = ref_path_match(rts, n, host, path, method);
+        if (i >= 0)
+            return i;
+        for (size_t suffix = strlen(host) + 1; suffix-- > 0;) {
+            char pat[40];
+            snprintf(pat, sizeof(pat), "*%s", host + strlen(host) - suffix);
+            if ((i = ref_path_match(rts, n, pat, path, method)) >= 0)
+                return i;
+        }
+    }
+    return ref_path_match(rts, n, "", path, method);
+}
+
+static uint64_t rng_state = 0x2545F4914F6CDD1Dull;
+
+static unsigned rnd(unsigned n)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (unsigned)(rng_state % n);
+}
+
+/* A random path over a small alphabet, so that routes share keys and prefixes. */
+static void rnd_path(char *buf, size_t cap)
+{
+    static const char *parts[] = {
+        "/", "a", "b", "/x", "/api", "/v1", "c", "/segment-with-a-long-name-over-thirty-bytes"};
+    size_t o = 0;
+    int n = 1 + (int)rnd(5);
+    buf[0] = '\0';
+    for (int i = 0; i < n; i++) {
+        const char *p = parts[rnd(8)];
+        if (o + strlen(p) + 1 >= cap)
+            break;
+        strcpy(buf + o, p);
+        o += strlen(p);
+    }
+    if (rnd(4) == 0 && o + 2 < cap) { /* many siblings: one of 40 first bytes */
+        buf[o++] = (char)('0' + rnd(40));
+        buf[o] = '\0';
+    }
+}
+
+static void test_differential(void)
+{
+    enum { NR = 1500, NQ = 30000 };
+    static const char *hosts[] = {"",        "",      "",         "a.com",   "*.a.com",
+                                  "b.a.com", "*.com", "*b.a.com", "c.d.com", "*"};
+    static struct ref_route rts[NR];
+    struct router *r = router_new();
+    REQUIRE(r);
+    char json[256];
+    for (int i = 0; i < NR; i++) {
+        struct ref_route *rt = &rts[i];
+        snprintf(rt->host, sizeof(rt->host), "%s", hosts[rnd(10)]);
+        rnd_path(rt->uri, sizeof(rt->uri) - 1);
+        if (rnd(2))
+            strcat(rt->uri, "*");
+        rt->methods = (int)rnd(3);
+        rt->prio = (int)rnd(3);
+        int o =
+            snprintf(json, sizeof(json), "{\"uri\": \"%s\", \"priority\": %d", rt->uri, rt->prio);
+        if (rt->host[0])
+            o += snprintf(json + o, sizeof(json) - (size_t)o, ", \"host\": \"%s\"", rt->host);
+        if (rt->methods)
+            o += snprintf(json + o, sizeof(json) - (size_t)o, ", \"methods\": [\"%s\"]",
+                          rt->methods == 1 ? "GET" : "POST");
+        snprintf(json + o, sizeof(json) - (size_t)o, "}");
+        REQUIRE(add(r, i + 1, json) == 0);
+    }
+    REQUIRE(router_build(r) == 0);
+
+    static const char *req_hosts[] = {NULL,    "a.com", "x.a.com",    "b.a.com", "xb.a.com",
+                                      "q.com", "com",   "c.d.com:80", "B.A.COM", "zzz.org"};
+    int bad = 0;
+    for (int q = 0; q < NQ; q++) {
+        char path[64];
+        rnd_path(path, sizeof(path));
+        if (rnd(3) == 0 && strlen(path) + 8 < sizeof(path))
+            strcat(path, rnd(2) ? "/tail" : "b");
+        const char *host = req_hosts[rnd(10)];
+        int method = 1 + (int)rnd(2);
+        char lower[32] = "";
+        if (host) {
+            size_t k = 0;
+            for (; host[k] && host[k] != ':'; k++)
+                lower[k] = (char)tolower((unsigned char)host[k]);
+            lower[k] = '\0';
+        }
+        int want = ref_match(rts, NR, lower, path, method) + 1;
+        int got = match(r, method == 1 ? "GET" : "POST", host, path);
+        if (got != want && bad++ < 5)
+            fprintf(stderr, "    %s %s %s: got %d (%s), want %d (%s)\n",
+                    method == 1 ? "GET" : "POST", host ? host : "-", path, got,
+                    got ? rts[got - 1].uri : "-", want, want ? rts[want - 1].uri : "-");
+    }
+    CHECK(bad == 0);
+    router_free(r);
+}
+
 int main(void)
 {
     RUN(test_exact_vs_prefix);
@@ -743,5 +968,7 @@ int main(void)
     RUN(test_many_routes);
     RUN(test_bad_input);
     RUN(test_odd_requests);
+    RUN(test_tree_shapes);
+    RUN(test_differential);
     return check_summary();
 }
