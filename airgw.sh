@@ -18,7 +18,7 @@ DATA=${AIRGW_DATA:-$ROOT/airgw-data}
 
 # Packages: what it takes to build and run, and what the tests add.
 RUN_PKGS="gcc meson ninja-build pkg-config python3 curl libuv1-dev libmicrohttpd-dev
-  libsqlite3-dev libjansson-dev libyaml-dev"
+  libsqlite3-dev libjansson-dev libyaml-dev libpcre2-dev node-llhttp"
 TEST_PKGS="clang libclang-rt-14-dev sqlite3"
 
 install_pkgs() {
@@ -53,12 +53,16 @@ wait_http() { # URL: up to 10 s
     return 1
 }
 
+running() { # NAME: is the process in DATA/NAME.pid alive?
+    [ -f "$DATA/$1.pid" ] && kill -0 "$(cat "$DATA/$1.pid")" 2>/dev/null
+}
+
 cmd_start() {
     install_pkgs $RUN_PKGS
     build build
     mkdir -p "$DATA"
-    if [ -f "$DATA/controlplane.pid" ] && kill -0 "$(cat "$DATA/controlplane.pid")" 2>/dev/null; then
-        echo "airgw is already running (./airgw.sh stop to stop it)"
+    if running controlplane; then
+        echo "the control plane is already running (./airgw.sh stop to stop it)"
     else
         nohup build/controlplane/airgw-controlplane --state-dir "$DATA" \
             >>"$DATA/controlplane.log" 2>&1 &
@@ -69,38 +73,57 @@ cmd_start() {
             exit 1
         fi
     fi
+    if running dataplane; then
+        echo "the data plane is already running"
+    else
+        nohup build/dataplane/airgw-dataplane --control-plane 127.0.0.1:9280 \
+            --http-listen 127.0.0.1:9080 --metrics-listen 127.0.0.1:9091 \
+            --state-dir "$DATA/dataplane" --node-id "$(hostname)-dp1" \
+            >>"$DATA/dataplane.log" 2>&1 &
+        echo $! >"$DATA/dataplane.pid"
+        if ! wait_http http://127.0.0.1:9091/apisix/prometheus/metrics; then
+            echo "the data plane did not come up; its log:" >&2
+            tail -n 20 "$DATA/dataplane.log" >&2
+            exit 1
+        fi
+    fi
     local key
     key=$(cat "$DATA/admin.key" 2>/dev/null || echo "(configured)")
     cat <<MSG
 airgw is running.
   Admin API      http://127.0.0.1:9180   (X-API-KEY: $key)
+  HTTP traffic   http://127.0.0.1:9080
+  metrics        http://127.0.0.1:9091/apisix/prometheus/metrics
   config stream  127.0.0.1:9280
-  logs           $DATA/controlplane.log
+  logs           $DATA/controlplane.log, $DATA/dataplane.log
 Try:
   curl -s http://127.0.0.1:9180/apisix/admin/routes/1 -H "X-API-KEY: $key" -X PUT \\
-    -d '{"uri":"/hello","upstream":{"type":"roundrobin","nodes":{"127.0.0.1:1980":1}}}'
+    -d '{"uri":"/healthz","upstream":{"type":"roundrobin","nodes":{"127.0.0.1:9180":1}}}'
+  curl -i http://127.0.0.1:9080/healthz      # proxied to the control plane's health check
 Stop with ./airgw.sh stop
 MSG
 }
 
 cmd_stop() {
-    local f="$DATA/controlplane.pid"
-    if [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; then
-        kill -TERM "$(cat "$f")"
-        echo "stopped"
-    else
-        echo "not running"
-    fi
-    rm -f "$f"
+    for name in dataplane controlplane; do
+        if running $name; then
+            kill -TERM "$(cat "$DATA/$name.pid")"
+            echo "stopped the $name"
+        else
+            echo "the $name was not running"
+        fi
+        rm -f "$DATA/$name.pid"
+    done
 }
 
 cmd_status() {
-    local f="$DATA/controlplane.pid"
-    if [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; then
-        echo "control plane running, pid $(cat "$f")"
-    else
-        echo "control plane not running"
-    fi
+    for name in controlplane dataplane; do
+        if running $name; then
+            echo "$name running, pid $(cat "$DATA/$name.pid")"
+        else
+            echo "$name not running"
+        fi
+    done
 }
 
 cmd_test() {

@@ -1,0 +1,773 @@
+/*
+ * master: see master.h.
+ *
+ * Worker lifecycle: STARTING (spawned, config sent) -> SERVING (ACKed the
+ * master's revision once) -> RETIRING (SIGTERM sent: draining) -> exited.
+ * A worker that exits while it should be serving is respawned into the same
+ * slot after a backoff that doubles (100 ms .. 10 s) while it keeps dying
+ * within 2 s of its start.
+ */
+#include "master.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "cfg_client.h"
+#include "cfg_state.h"
+#include "cfgs_uv.h"
+#include "config.h"
+#include "dp_settings.h"
+#include "fsutil.h"
+#include "jsonschema.h"
+#include "log.h"
+#include "metrics.h"
+#include "metrics_server.h"
+#include "netaddr.h"
+#include "standalone.h"
+
+#define MAX_SLOTS 256
+#define CHANNEL_MAX_BACKLOG (256u << 20) /* a worker this far behind is killed */
+
+enum wstate { W_STARTING, W_SERVING, W_RETIRING };
+
+struct master;
+
+struct worker {
+    struct master *m;          /* owner */
+    struct worker *next;       /* m->workers list */
+    int slot;                  /* listening socket set it serves */
+    int generation;            /* settings generation it was started with */
+    enum wstate state;
+    uv_process_t proc;         /* the process; proc.data = worker */
+    uv_pipe_t chan;            /* config channel; chan.data = worker */
+    struct cfgs_decoder dec;   /* ACKs from the worker */
+    int64_t acked;             /* last revision it serves */
+    uint64_t started_ms;       /* loop time at spawn */
+    int exited;                /* process gone */
+    int chan_closed;           /* channel handle closed */
+    int proc_closed;           /* process handle closed */
+    char rbuf[4096];
+};
+
+struct slot {
+    int fds[DP_MAX_LISTEN];    /* listening sockets, one per http listen address */
+    size_t nfds;
+    unsigned backoff_ms;       /* respawn delay */
+    uv_timer_t respawn;        /* respawn timer; data = master */
+    int respawn_pending;       /* timer armed */
+    int timer_inited;
+};
+
+struct master {
+    int argc;
+    char **argv;
+    struct dp_settings s;      /* current settings */
+    int generation;            /* bumped on SIGHUP */
+    uv_loop_t loop;
+    struct cfg_state st;       /* the configuration */
+    struct cfg_client *cc;     /* control plane link, or NULL (standalone) */
+    uv_fs_poll_t file_poll;    /* standalone file watch */
+    int file_poll_on;
+    int64_t standalone_rev;    /* revision counter for standalone loads */
+    struct worker *workers;    /* every worker not yet reaped */
+    struct slot slots[MAX_SLOTS];
+    int nslots;
+    uv_timer_t save_timer;     /* debounced state save */
+    uv_timer_t drain_timer;    /* bound on a stop */
+    uv_signal_t sig_term, sig_int, sig_hup;
+    struct metrics *metrics;   /* shared with workers; NULL when unavailable */
+    struct metrics_server *ms; /* /apisix/prometheus/metrics */
+    int stopping;
+    char state_path[4200];
+};
+
+static void spawn_worker(struct master *m, int slot);
+static void master_finish(struct master *m);
+
+/* ---- listening sockets ---- */
+
+static int open_listener(const struct sockaddr_storage *ss, char *err, size_t errlen)
+{
+    const struct sockaddr *sa = (const struct sockaddr *)ss;
+    char where[80];
+    netaddr_format(sa, where, sizeof(where));
+    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        goto fail;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
+        goto fail;
+    if (sa->sa_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    socklen_t len = sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                              : sizeof(struct sockaddr_in);
+    if (bind(fd, sa, len) < 0 || listen(fd, 511) < 0)
+        goto fail;
+    return fd;
+fail:
+    snprintf(err, errlen, "cannot listen on %s: %s", where, strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    return -1;
+}
+
+/* A port of 0 is resolved once, by the first socket, so every slot shares
+ * the same port. */
+static int open_slot(struct master *m, int i, char *err, size_t errlen)
+{
+    struct slot *sl = &m->slots[i];
+    sl->nfds = 0;
+    for (size_t k = 0; k < m->s.nhttp; k++) {
+        int fd = open_listener(&m->s.http_listen[k], err, errlen);
+        if (fd < 0)
+            return -1;
+        sl->fds[sl->nfds++] = fd;
+        struct sockaddr_storage *ss = &m->s.http_listen[k];
+        uint16_t *port = ss->ss_family == AF_INET6 ? &((struct sockaddr_in6 *)ss)->sin6_port
+                                                   : &((struct sockaddr_in *)ss)->sin_port;
+        if (*port == 0) {
+            struct sockaddr_storage b;
+            socklen_t bl = sizeof(b);
+            getsockname(fd, (struct sockaddr *)&b, &bl);
+            *port = b.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&b)->sin6_port
+                                            : ((struct sockaddr_in *)&b)->sin_port;
+        }
+    }
+    return 0;
+}
+
+static void close_slot_fds(struct slot *sl)
+{
+    for (size_t k = 0; k < sl->nfds; k++)
+        close(sl->fds[k]);
+    sl->nfds = 0;
+}
+
+/* ---- configuration to workers ---- */
+
+static void on_chan_write_err(uv_stream_t *s, int status)
+{
+    struct worker *w = s->data;
+    log_warn("worker %d (pid %d): config channel write failed: %s", w->slot, w->proc.pid,
+             uv_strerror(status));
+}
+
+static int chan_usable(const struct worker *w)
+{
+    return !w->exited && !w->chan_closed && !uv_is_closing((const uv_handle_t *)&w->chan);
+}
+
+static void kill_if_behind(struct worker *w)
+{
+    if (uv_stream_get_write_queue_size((uv_stream_t *)&w->chan) > CHANNEL_MAX_BACKLOG) {
+        log_error("worker %d (pid %d) does not read its configuration; killing it", w->slot,
+                  w->proc.pid);
+        uv_process_kill(&w->proc, SIGKILL);
+    }
+}
+
+static void emit_to_worker(void *ud, char *buf, size_t len)
+{
+    struct worker *w = ud;
+    if (chan_usable(w))
+        cfgs_write_buf((uv_stream_t *)&w->chan, buf, len, on_chan_write_err);
+    else
+        free(buf);
+}
+
+static void send_snapshot(struct worker *w)
+{
+    if (!chan_usable(w))
+        return;
+    int rc = cfg_state_encode(&w->m->st, emit_to_worker, w);
+    if (rc < 0)
+        log_error("cannot encode the configuration for worker %d: %s", w->slot, strerror(-rc));
+    kill_if_behind(w);
+}
+
+static void broadcast_change(struct master *m, const struct cfgs_msg *msg)
+{
+    char *buf;
+    size_t len;
+    int rc = msg->type == CFGS_PUT
+                 ? cfgs_encode_put(msg->revision, msg->key, msg->value, msg->create_revision,
+                                   msg->mod_revision, &buf, &len)
+                 : cfgs_encode_delete(msg->revision, msg->key, &buf, &len);
+    if (rc < 0)
+        return;
+    struct cfgs_frame *f = cfgs_frame_new(buf, len);
+    if (!f)
+        return;
+    for (struct worker *w = m->workers; w; w = w->next) {
+        if (!chan_usable(w))
+            continue;
+        cfgs_frame_write((uv_stream_t *)&w->chan, f, on_chan_write_err);
+        kill_if_behind(w);
+    }
+    cfgs_frame_unref(f);
+}
+
+static void on_save_timer(uv_timer_t *t)
+{
+    struct master *m = t->data;
+    char err[512];
+    if (cfg_state_save(&m->st, m->state_path, err, sizeof(err)) < 0)
+        log_error("cannot save the configuration: %s", err);
+}
+
+static void on_config_change(void *ud, bool snapshot, const struct cfgs_msg *msg)
+{
+    struct master *m = ud;
+    if (snapshot) {
+        for (struct worker *w = m->workers; w; w = w->next)
+            send_snapshot(w);
+    } else {
+        broadcast_change(m, msg);
+    }
+    /* Debounced: a burst of changes is one write of the file. */
+    if (!uv_is_active((uv_handle_t *)&m->save_timer))
+        uv_timer_start(&m->save_timer, on_save_timer, 50, 0);
+}
+
+/* ---- standalone ---- */
+
+static void load_standalone(struct master *m, const char *why)
+{
+    char err[1024];
+    json_t *res;
+    if (standalone_load(m->s.standalone, &res, err, sizeof(err)) < 0) {
+        log_error("standalone: %s; keeping the configuration at revision %lld", err,
+                  (long long)m->st.revision);
+        return;
+    }
+    if (json_equal(res, m->st.res) && m->st.revision > 0) {
+        json_decref(res);
+        return;
+    }
+    cfg_state_replace(&m->st, res, ++m->standalone_rev);
+    log_info("standalone: loaded %s (%s): %zu resources, revision %lld", m->s.standalone, why,
+             json_object_size(res), (long long)m->st.revision);
+    on_config_change(m, true, NULL);
+}
+
+static void on_file_poll(uv_fs_poll_t *h, int status, const uv_stat_t *prev,
+                         const uv_stat_t *curr)
+{
+    (void)prev;
+    (void)curr;
+    if (status == 0)
+        load_standalone(h->data, "file changed");
+}
+
+/* ---- workers ---- */
+
+static void free_worker_if_done(struct worker *w)
+{
+    if (!w->chan_closed || !w->proc_closed)
+        return;
+    struct master *m = w->m;
+    for (struct worker **p = &m->workers; *p; p = &(*p)->next) {
+        if (*p == w) {
+            *p = w->next;
+            break;
+        }
+    }
+    cfgs_decoder_free(&w->dec);
+    free(w);
+    if (m->stopping && !m->workers)
+        master_finish(m);
+}
+
+static void on_chan_closed(uv_handle_t *h)
+{
+    struct worker *w = h->data;
+    w->chan_closed = 1;
+    free_worker_if_done(w);
+}
+
+static void on_proc_closed(uv_handle_t *h)
+{
+    struct worker *w = h->data;
+    w->proc_closed = 1;
+    free_worker_if_done(w);
+}
+
+static void retire(struct worker *w)
+{
+    if (w->state == W_RETIRING || w->exited)
+        return;
+    w->state = W_RETIRING;
+    uv_process_kill(&w->proc, SIGTERM);
+}
+
+/* New workers serve: retire the older generation's worker of the same slot. */
+static void on_worker_serving(struct worker *w)
+{
+    struct master *m = w->m;
+    log_info("worker %d (pid %d) serving revision %lld", w->slot, w->proc.pid,
+             (long long)w->acked);
+    for (struct worker *o = m->workers; o; o = o->next)
+        if (o != w && o->slot == w->slot && o->generation < w->generation)
+            retire(o);
+}
+
+static void on_chan_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct worker *w = h->data;
+    (void)suggested;
+    *buf = uv_buf_init(w->rbuf, sizeof(w->rbuf));
+}
+
+static void on_chan_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct worker *w = s->data;
+    if (nread < 0) {
+        if (!uv_is_closing((uv_handle_t *)&w->chan))
+            uv_close((uv_handle_t *)&w->chan, on_chan_closed);
+        return;
+    }
+    if (cfgs_decoder_feed(&w->dec, buf->base, (size_t)nread) < 0)
+        return;
+    struct cfgs_msg msg;
+    while (cfgs_decoder_next(&w->dec, &msg, NULL, 0) > 0) {
+        if (msg.type == CFGS_ACK) {
+            w->acked = msg.revision;
+            if (w->state == W_STARTING && w->acked >= w->m->st.revision) {
+                w->state = W_SERVING;
+                on_worker_serving(w);
+            }
+        }
+        cfgs_msg_free(&msg);
+    }
+}
+
+static void on_respawn_timer(uv_timer_t *t);
+
+static void on_worker_exit(uv_process_t *p, int64_t status, int term_signal)
+{
+    struct worker *w = p->data;
+    struct master *m = w->m;
+    w->exited = 1;
+    metrics_worker_gone(m->metrics, w->slot);
+    uint64_t lived = uv_now(&m->loop) - w->started_ms;
+    if (w->state == W_RETIRING || m->stopping) {
+        log_info("worker %d (pid %d) exited (%s)", w->slot, p->pid,
+                 status == 0 && !term_signal ? "drained" : "stopped");
+    } else if (term_signal) {
+        log_error("worker %d (pid %d) was killed by signal %d (%s) after %.1f s; restarting it",
+                  w->slot, p->pid, term_signal, strsignal(term_signal), (double)lived / 1000.0);
+    } else {
+        log_error("worker %d (pid %d) exited with status %lld after %.1f s; restarting it",
+                  w->slot, p->pid, (long long)status, (double)lived / 1000.0);
+    }
+    int respawn = !m->stopping && w->state != W_RETIRING && w->generation == m->generation &&
+                  w->slot < m->nslots;
+    if (!uv_is_closing((uv_handle_t *)&w->chan))
+        uv_close((uv_handle_t *)&w->chan, on_chan_closed);
+    uv_close((uv_handle_t *)&w->proc, on_proc_closed);
+    if (respawn) {
+        struct slot *sl = &m->slots[w->slot];
+        if (lived < 2000)
+            sl->backoff_ms = sl->backoff_ms ? (sl->backoff_ms * 2 > 10000 ? 10000
+                                                                           : sl->backoff_ms * 2)
+                                            : 100;
+        else
+            sl->backoff_ms = 100;
+        if (lived >= 2000 || sl->backoff_ms > 100)
+            log_info("restarting worker %d in %u ms", w->slot, sl->backoff_ms);
+        sl->respawn_pending = 1;
+        uv_timer_start(&sl->respawn, on_respawn_timer, sl->backoff_ms, 0);
+    }
+}
+
+static void on_respawn_timer(uv_timer_t *t)
+{
+    struct master *m = t->data;
+    for (int i = 0; i < m->nslots; i++) {
+        if (&m->slots[i].respawn == t) {
+            m->slots[i].respawn_pending = 0;
+            if (!m->stopping)
+                spawn_worker(m, i);
+        }
+    }
+}
+
+static void spawn_worker(struct master *m, int slot)
+{
+    struct slot *sl = &m->slots[slot];
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+        log_error("socketpair: %s", strerror(errno));
+        return;
+    }
+    struct worker *w = calloc(1, sizeof(*w));
+    w->m = m;
+    w->slot = slot;
+    w->generation = m->generation;
+    w->state = W_STARTING;
+    w->acked = -1;
+    cfgs_decoder_init(&w->dec);
+
+    /* argv: ours, plus --worker N. */
+    char **args = calloc((size_t)m->argc + 3, sizeof(char *));
+    char idx[16];
+    snprintf(idx, sizeof(idx), "%d", slot);
+    args[0] = "/proc/self/exe";
+    for (int i = 1; i < m->argc; i++)
+        args[i] = m->argv[i];
+    args[m->argc] = "--worker";
+    args[m->argc + 1] = idx;
+
+    /* env: ours plus how many listening fds follow fd 3. */
+    extern char **environ;
+    size_t nenv = 0;
+    while (environ[nenv])
+        nenv++;
+    char **env = calloc(nenv + 3, sizeof(char *));
+    char fdenv[64], menv[64];
+    snprintf(fdenv, sizeof(fdenv), "AIRGW_LISTEN_FDS=%zu", sl->nfds);
+    snprintf(menv, sizeof(menv), "AIRGW_METRICS_FD=%d", m->metrics ? 4 + (int)sl->nfds : -1);
+    size_t e = 0;
+    for (size_t i = 0; i < nenv; i++)
+        if (strncmp(environ[i], "AIRGW_LISTEN_FDS=", 17) != 0 &&
+            strncmp(environ[i], "AIRGW_METRICS_FD=", 17) != 0)
+            env[e++] = environ[i];
+    env[e++] = fdenv;
+    env[e++] = menv;
+
+    uv_stdio_container_t stdio[5 + DP_MAX_LISTEN];
+    stdio[0].flags = UV_IGNORE;
+    stdio[1].flags = UV_INHERIT_FD;
+    stdio[1].data.fd = 1;
+    stdio[2].flags = UV_INHERIT_FD;
+    stdio[2].data.fd = 2;
+    stdio[3].flags = UV_INHERIT_FD;
+    stdio[3].data.fd = sv[1];
+    for (size_t k = 0; k < sl->nfds; k++) {
+        stdio[4 + k].flags = UV_INHERIT_FD;
+        stdio[4 + k].data.fd = sl->fds[k];
+    }
+    int nstdio = 4 + (int)sl->nfds;
+    if (m->metrics) {
+        stdio[nstdio].flags = UV_INHERIT_FD;
+        stdio[nstdio].data.fd = metrics_fd(m->metrics);
+        nstdio++;
+    }
+    uv_process_options_t po = {
+        .exit_cb = on_worker_exit,
+        .file = "/proc/self/exe",
+        .args = args,
+        .env = env,
+        .stdio_count = nstdio,
+        .stdio = stdio,
+    };
+    w->proc.data = w;
+    int rc = uv_spawn(&m->loop, &w->proc, &po);
+    free(args);
+    free(env);
+    close(sv[1]);
+    if (rc < 0) {
+        log_error("cannot start worker %d: %s", slot, uv_strerror(rc));
+        close(sv[0]);
+        cfgs_decoder_free(&w->dec);
+        free(w);
+        sl->respawn_pending = 1;
+        uv_timer_start(&sl->respawn, on_respawn_timer, 1000, 0);
+        return;
+    }
+    uv_pipe_init(&m->loop, &w->chan, 0);
+    w->chan.data = w;
+    uv_pipe_open(&w->chan, sv[0]);
+    w->started_ms = uv_now(&m->loop);
+    w->next = m->workers;
+    m->workers = w;
+    log_info("started worker %d (pid %d)", slot, w->proc.pid);
+    uv_read_start((uv_stream_t *)&w->chan, on_chan_alloc, on_chan_read);
+    send_snapshot(w);
+}
+
+/* ---- metrics ---- */
+
+static char *render_metrics(void *ud, size_t *len)
+{
+    struct master *m = ud;
+    return m->metrics ? metrics_render(m->metrics, m->s.node_id, m->st.revision, len) : NULL;
+}
+
+/* ---- start, reload, stop ---- */
+
+static void start_source(struct master *m)
+{
+    if (m->s.standalone) {
+        load_standalone(m, "start");
+        uv_fs_poll_init(&m->loop, &m->file_poll);
+        m->file_poll.data = m;
+        uv_fs_poll_start(&m->file_poll, on_file_poll, m->s.standalone, 1000);
+        m->file_poll_on = 1;
+        return;
+    }
+    struct cfg_client_opts o = {
+        .cps = m->s.cp,
+        .ncp = m->s.ncp,
+        .node_id = m->s.node_id,
+        .heartbeat_ms = 5000,
+        .on_change = on_config_change,
+        .ud = m,
+    };
+    cfg_client_start(&m->loop, &m->st, &o, &m->cc);
+}
+
+static int same_listen(const struct dp_settings *a, const struct dp_settings *b)
+{
+    if (a->nhttp != b->nhttp)
+        return 0;
+    for (size_t i = 0; i < a->nhttp; i++)
+        if (memcmp(&a->http_listen[i], &b->http_listen[i], sizeof(a->http_listen[i])) != 0)
+            return 0;
+    return 1;
+}
+
+static void on_sighup(uv_signal_t *sig, int signum)
+{
+    struct master *m = sig->data;
+    (void)signum;
+    struct dp_settings ns;
+    char err[1024];
+    if (dp_settings_load(&ns, m->argc, m->argv, err, sizeof(err)) != 0) {
+        log_error("SIGHUP: %s; keeping the running settings", err);
+        dp_settings_free(&ns);
+        return;
+    }
+    log_info("SIGHUP: reloading settings and replacing workers");
+    int new_sockets = !same_listen(&m->s, &ns);
+    /* Keep resolved ports for listeners given as port 0. */
+    if (!new_sockets)
+        memcpy(ns.http_listen, m->s.http_listen, sizeof(ns.http_listen));
+    int nslots = ns.workers;
+    if (nslots > MAX_SLOTS)
+        nslots = MAX_SLOTS;
+    struct dp_settings old = m->s;
+    m->s = ns;
+    if (new_sockets) {
+        /* Open every new socket first: if one fails, nothing changes. The
+         * old sockets stay open in the old workers until they drain. */
+        static struct slot fresh[MAX_SLOTS];
+        int ok = 1;
+        for (int i = 0; i < nslots && ok; i++) {
+            fresh[i].nfds = 0;
+            for (size_t k = 0; k < m->s.nhttp && ok; k++) {
+                int fd = open_listener(&m->s.http_listen[k], err, sizeof(err));
+                if (fd < 0)
+                    ok = 0;
+                else
+                    fresh[i].fds[fresh[i].nfds++] = fd;
+            }
+        }
+        if (!ok) {
+            log_error("SIGHUP: %s; keeping the running settings", err);
+            for (int i = 0; i < nslots; i++)
+                close_slot_fds(&fresh[i]);
+            dp_settings_free(&m->s);
+            m->s = old;
+            return;
+        }
+        for (int i = 0; i < MAX_SLOTS; i++) {
+            close_slot_fds(&m->slots[i]);
+            if (i < nslots) {
+                memcpy(m->slots[i].fds, fresh[i].fds, sizeof(fresh[i].fds));
+                m->slots[i].nfds = fresh[i].nfds;
+            }
+        }
+    } else {
+        for (int i = m->nslots; i < nslots; i++)
+            if (open_slot(m, i, err, sizeof(err)) < 0)
+                log_error("SIGHUP: %s", err);
+    }
+    for (int i = nslots; i < m->nslots; i++)
+        close_slot_fds(&m->slots[i]);
+    m->nslots = nslots;
+    m->generation++;
+    /* Workers of slots that no longer exist retire now; the others when
+     * their replacement serves. */
+    for (struct worker *w = m->workers; w; w = w->next)
+        if (w->slot >= nslots)
+            retire(w);
+    int source_changed = (old.standalone == NULL) != (m->s.standalone == NULL) ||
+                         (old.standalone && strcmp(old.standalone, m->s.standalone) != 0);
+    if (m->s.standalone && !source_changed)
+        load_standalone(m, "SIGHUP");
+    dp_settings_free(&old);
+    for (int i = 0; i < nslots; i++)
+        spawn_worker(m, i);
+}
+
+static void on_drain_timeout(uv_timer_t *t)
+{
+    struct master *m = t->data;
+    for (struct worker *w = m->workers; w; w = w->next)
+        if (!w->exited) {
+            log_warn("worker %d (pid %d) still draining after the drain timeout; killing it",
+                     w->slot, w->proc.pid);
+            uv_process_kill(&w->proc, SIGKILL);
+        }
+}
+
+static void on_stop_signal(uv_signal_t *sig, int signum)
+{
+    struct master *m = sig->data;
+    if (m->stopping) {
+        log_info("%s again: stopping now", strsignal(signum));
+        on_drain_timeout(&m->drain_timer);
+        return;
+    }
+    m->stopping = 1;
+    log_info("received %s; draining workers (up to %.1f s)", strsignal(signum),
+             m->s.drain_timeout_ms / 1000.0);
+    for (int i = 0; i < MAX_SLOTS; i++)
+        if (m->slots[i].timer_inited)
+            uv_timer_stop(&m->slots[i].respawn);
+    for (struct worker *w = m->workers; w; w = w->next)
+        retire(w);
+    uv_timer_start(&m->drain_timer, on_drain_timeout, m->s.drain_timeout_ms + 500, 0);
+    if (!m->workers)
+        master_finish(m);
+}
+
+/* Everything is drained: close the remaining handles so the loop ends. */
+static void master_finish(struct master *m)
+{
+    if (m->cc) {
+        cfg_client_stop(m->cc);
+        m->cc = NULL;
+    }
+    metrics_server_stop(m->ms);
+    m->ms = NULL;
+    if (m->file_poll_on) {
+        uv_close((uv_handle_t *)&m->file_poll, NULL);
+        m->file_poll_on = 0;
+    }
+    if (uv_is_active((uv_handle_t *)&m->save_timer)) {
+        uv_timer_stop(&m->save_timer);
+        on_save_timer(&m->save_timer);
+    }
+    uv_close((uv_handle_t *)&m->save_timer, NULL);
+    uv_close((uv_handle_t *)&m->drain_timer, NULL);
+    uv_close((uv_handle_t *)&m->sig_term, NULL);
+    uv_close((uv_handle_t *)&m->sig_int, NULL);
+    uv_close((uv_handle_t *)&m->sig_hup, NULL);
+    for (int i = 0; i < MAX_SLOTS; i++) {
+        close_slot_fds(&m->slots[i]);
+        if (m->slots[i].timer_inited)
+            uv_close((uv_handle_t *)&m->slots[i].respawn, NULL);
+    }
+}
+
+int master_main(int argc, char **argv)
+{
+    static struct master ms;
+    struct master *m = &ms;
+    char err[1024];
+    m->argc = argc;
+    m->argv = argv;
+    int rc = dp_settings_load(&m->s, argc, argv, err, sizeof(err));
+    if (rc == DP_SETTINGS_EXIT_OK) {
+        dp_settings_free(&m->s);
+        return 0;
+    }
+    if (rc < 0) {
+        fprintf(stderr, "airgw-dataplane: %s\n", err);
+        dp_settings_free(&m->s);
+        return 2;
+    }
+    log_init("dataplane", m->s.log_level);
+    signal(SIGPIPE, SIG_IGN);
+    int exit_code = 1;
+    cfg_state_init(&m->st);
+    uv_loop_init(&m->loop);
+
+    if ((rc = fs_mkdirs(m->s.state_dir, 0700)) < 0) {
+        log_error("cannot create state dir %s: %s", m->s.state_dir, strerror(-rc));
+        goto out;
+    }
+    snprintf(m->state_path, sizeof(m->state_path), "%s/config.json", m->s.state_dir);
+    if (!m->s.standalone) {
+        rc = cfg_state_load(&m->st, m->state_path, err, sizeof(err));
+        if (rc == 0)
+            log_info("serving the last configuration from %s (revision %lld) until the control "
+                     "plane answers",
+                     m->state_path, (long long)m->st.revision);
+        else if (rc != -ENOENT)
+            log_warn("ignoring the saved configuration: %s", err);
+    }
+
+    m->nslots = m->s.workers > MAX_SLOTS ? MAX_SLOTS : m->s.workers;
+    for (int i = 0; i < MAX_SLOTS; i++) {
+        uv_timer_init(&m->loop, &m->slots[i].respawn);
+        m->slots[i].respawn.data = m;
+        m->slots[i].timer_inited = 1;
+    }
+    for (int i = 0; i < m->nslots; i++) {
+        if (open_slot(m, i, err, sizeof(err)) < 0) {
+            log_error("%s", err);
+            for (int k = 0; k < MAX_SLOTS; k++)
+                close_slot_fds(&m->slots[k]);
+            goto out_handles;
+        }
+    }
+    for (size_t k = 0; k < m->s.nhttp; k++) {
+        char where[80];
+        netaddr_format((struct sockaddr *)&m->s.http_listen[k], where, sizeof(where));
+        log_info("http listening on %s", where);
+    }
+    uv_timer_init(&m->loop, &m->save_timer);
+    m->save_timer.data = m;
+    uv_timer_init(&m->loop, &m->drain_timer);
+    m->drain_timer.data = m;
+    uv_signal_init(&m->loop, &m->sig_term);
+    uv_signal_init(&m->loop, &m->sig_int);
+    uv_signal_init(&m->loop, &m->sig_hup);
+    m->sig_term.data = m->sig_int.data = m->sig_hup.data = m;
+    uv_signal_start(&m->sig_term, on_stop_signal, SIGTERM);
+    uv_signal_start(&m->sig_int, on_stop_signal, SIGINT);
+    uv_signal_start(&m->sig_hup, on_sighup, SIGHUP);
+    if (!(m->metrics = metrics_create()))
+        log_warn("metrics unavailable: cannot create shared memory: %s", strerror(errno));
+    m->ms = metrics_server_start(&m->loop, (struct sockaddr *)&m->s.metrics_listen,
+                                 render_metrics, m, err, sizeof(err));
+    if (!m->ms)
+        log_error("%s (metrics are not served)", err);
+    start_source(m);
+    for (int i = 0; i < m->nslots; i++)
+        spawn_worker(m, i);
+    log_info("airgw-dataplane %s master ready (%d workers, node %s)", AIRGW_VERSION, m->nslots,
+             m->s.node_id);
+    exit_code = 0;
+    uv_run(&m->loop, UV_RUN_DEFAULT);
+    goto out;
+
+out_handles:
+    for (int i = 0; i < MAX_SLOTS; i++)
+        uv_close((uv_handle_t *)&m->slots[i].respawn, NULL);
+    uv_run(&m->loop, UV_RUN_DEFAULT);
+out:
+    if (uv_loop_close(&m->loop) != 0)
+        log_warn("loop closed with handles still open");
+    cfg_state_free(&m->st);
+    metrics_free(m->metrics);
+    dp_settings_free(&m->s);
+    config_cleanup();
+    jsonschema_cleanup();
+    if (exit_code == 0)
+        log_info("stopped");
+    return exit_code;
+}

@@ -1,0 +1,435 @@
+/*
+ * snapshot: see snapshot.h.
+ */
+#include "snapshot.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "balancer.h"
+#include "log.h"
+#include "router.h"
+
+#define DEFAULT_TIMEOUT_MS 60000
+
+static int64_t ms_of(const json_t *v, int64_t dflt)
+{
+    if (!json_is_number(v))
+        return dflt;
+    double d = json_number_value(v) * 1000.0;
+    return d < 1 ? 1 : d > 86400000.0 ? 86400000 : (int64_t)d;
+}
+
+static void read_timeouts(const json_t *t, struct timeouts *out)
+{
+    if (!json_is_object(t))
+        return;
+    out->connect_ms = (uint32_t)ms_of(json_object_get(t, "connect"), out->connect_ms);
+    out->send_ms = (uint32_t)ms_of(json_object_get(t, "send"), out->send_ms);
+    out->read_ms = (uint32_t)ms_of(json_object_get(t, "read"), out->read_ms);
+}
+
+static enum up_scheme scheme_of(const char *s)
+{
+    static const char *names[] = {"http", "https", "grpc", "grpcs", "tcp", "tls", "udp"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (s && strcmp(s, names[i]) == 0)
+            return (enum up_scheme)i;
+    return UP_HTTP;
+}
+
+static void upstream_free(struct upstream_rt *up)
+{
+    if (!up)
+        return;
+    balancer_free(up->bal);
+    free(up->upstream_host);
+    free(up->key);
+    free(up);
+}
+
+static struct upstream_rt *upstream_build(const char *id, json_t *conf)
+{
+    char err[256];
+    struct balancer *bal = balancer_new(conf, err, sizeof(err));
+    if (!bal) {
+        log_warn("upstream %s skipped: %s", id, err);
+        return NULL;
+    }
+    struct upstream_rt *up = calloc(1, sizeof(*up));
+    if (!up) {
+        balancer_free(bal);
+        return NULL;
+    }
+    snprintf(up->id, sizeof(up->id), "%s", id);
+    up->bal = bal;
+    up->conf = conf;
+    up->scheme = scheme_of(json_string_value(json_object_get(conf, "scheme")));
+    const char *ph = json_string_value(json_object_get(conf, "pass_host"));
+    up->pass_host = ph && strcmp(ph, "node") == 0      ? PASS_HOST_NODE
+                    : ph && strcmp(ph, "rewrite") == 0 ? PASS_HOST_REWRITE
+                                                       : PASS_HOST_PASS;
+    const char *uh = json_string_value(json_object_get(conf, "upstream_host"));
+    up->upstream_host = uh ? strdup(uh) : NULL;
+    switch (balancer_hash_on(bal)) {
+    case BALANCER_HASH_HEADER:
+        up->hash_on = HASH_HEADER;
+        break;
+    case BALANCER_HASH_COOKIE:
+        up->hash_on = HASH_COOKIE;
+        break;
+    case BALANCER_HASH_CONSUMER:
+        up->hash_on = HASH_CONSUMER;
+        break;
+    case BALANCER_HASH_VARS_COMBINATIONS:
+        up->hash_on = HASH_VARS_COMBINATIONS;
+        break;
+    default:
+        up->hash_on = HASH_VARS;
+    }
+    const char *key = balancer_hash_key(bal);
+    up->key = key ? strdup(key) : NULL;
+    json_t *retries = json_object_get(conf, "retries");
+    up->retries = json_is_integer(retries) ? (int)json_integer_value(retries) : -1;
+    up->retry_timeout_ms = (uint32_t)ms_of(json_object_get(conf, "retry_timeout"), 0);
+    up->timeout = (struct timeouts){DEFAULT_TIMEOUT_MS, DEFAULT_TIMEOUT_MS, DEFAULT_TIMEOUT_MS};
+    read_timeouts(json_object_get(conf, "timeout"), &up->timeout);
+    json_t *ka = json_object_get(conf, "keepalive_pool");
+    json_t *v;
+    up->keepalive_size = 320;
+    up->keepalive_idle_ms = 60000;
+    up->keepalive_requests = 1000;
+    if ((v = json_object_get(ka, "size")) && json_is_integer(v))
+        up->keepalive_size = (int)json_integer_value(v);
+    if ((v = json_object_get(ka, "idle_timeout")))
+        up->keepalive_idle_ms = (uint32_t)ms_of(v, up->keepalive_idle_ms);
+    if ((v = json_object_get(ka, "requests")) && json_is_integer(v))
+        up->keepalive_requests = (int)json_integer_value(v);
+    return up;
+}
+
+static int add_upstream(struct snapshot *s, struct upstream_rt *up)
+{
+    struct upstream_rt **a = realloc(s->upstreams, (s->nupstreams + 1) * sizeof(*a));
+    if (!a)
+        return -ENOMEM;
+    s->upstreams = a;
+    a[s->nupstreams++] = up;
+    return 0;
+}
+
+static struct upstream_rt *find_upstream(const struct snapshot *s, const char *id)
+{
+    for (size_t i = 0; i < s->nupstreams; i++)
+        if (strcmp(s->upstreams[i]->id, id) == 0)
+            return s->upstreams[i];
+    return NULL;
+}
+
+static const char *id_str(const json_t *v, char *buf, size_t len)
+{
+    if (json_is_string(v))
+        return json_string_value(v);
+    if (json_is_integer(v)) {
+        snprintf(buf, len, "%lld", (long long)json_integer_value(v));
+        return buf;
+    }
+    return NULL;
+}
+
+/* plugins = base overridden by top (both may be NULL). New reference. */
+static json_t *merge_plugins(const json_t *base, const json_t *top)
+{
+    json_t *out = json_is_object(base) ? json_deep_copy(base) : json_object();
+    if (json_is_object(top))
+        json_object_update(out, (json_t *)top);
+    return out;
+}
+
+static json_t *lookup(const json_t *res, const char *coll, const char *id)
+{
+    char key[200];
+    if (!id)
+        return NULL;
+    snprintf(key, sizeof(key), "/apisix/%s/%s", coll, id);
+    return json_object_get(res, key);
+}
+
+/* APISIX's merge of a route with its service and plugin_config. */
+static json_t *merge_route(const json_t *res, const json_t *route, const char *rid)
+{
+    json_t *m = json_deep_copy(route);
+    char b1[32], b2[32];
+    const char *sid = id_str(json_object_get(route, "service_id"), b1, sizeof(b1));
+    const char *pcid = id_str(json_object_get(route, "plugin_config_id"), b2, sizeof(b2));
+    json_t *svc = lookup(res, "services", sid);
+    if (sid && !svc)
+        log_warn("route %s: service %s does not exist; serving the route without it", rid, sid);
+    if (svc) {
+        json_object_set_new(m, "plugins", merge_plugins(json_object_get(svc, "plugins"),
+                                                        json_object_get(route, "plugins")));
+        if (!json_object_get(route, "host") && !json_object_get(route, "hosts") &&
+            json_object_get(svc, "hosts"))
+            json_object_set(m, "hosts", json_object_get(svc, "hosts"));
+        if (!json_object_get(route, "upstream") && !json_object_get(route, "upstream_id")) {
+            if (json_object_get(svc, "upstream"))
+                json_object_set(m, "upstream", json_object_get(svc, "upstream"));
+            else if (json_object_get(svc, "upstream_id"))
+                json_object_set(m, "upstream_id", json_object_get(svc, "upstream_id"));
+        }
+        if (!json_object_get(route, "enable_websocket") &&
+            json_object_get(svc, "enable_websocket"))
+            json_object_set(m, "enable_websocket", json_object_get(svc, "enable_websocket"));
+    }
+    json_t *pc = lookup(res, "plugin_configs", pcid);
+    if (pc)
+        json_object_set_new(m, "plugins", merge_plugins(json_object_get(pc, "plugins"),
+                                                        json_object_get(m, "plugins")));
+    if (!json_is_object(json_object_get(m, "plugins")))
+        json_object_set_new(m, "plugins", json_object());
+    return m;
+}
+
+static void route_free(struct route_rt *r)
+{
+    if (!r)
+        return;
+    json_decref(r->conf);
+    free(r);
+}
+
+static int collection_of(const char *key, char *coll, size_t len, const char **id)
+{
+    if (strncmp(key, "/apisix/", 8) != 0)
+        return -1;
+    const char *c = key + 8, *slash = strchr(c, '/');
+    if (!slash || (size_t)(slash - c) >= len)
+        return -1;
+    memcpy(coll, c, (size_t)(slash - c));
+    coll[slash - c] = '\0';
+    *id = slash + 1;
+    return 0;
+}
+
+static int compile_route(struct snapshot *s, const char *rid, const json_t *route)
+{
+    json_t *m = merge_route(s->resources, route, rid);
+    struct route_rt *r = calloc(1, sizeof(*r));
+    if (!r) {
+        json_decref(m);
+        return -ENOMEM;
+    }
+    snprintf(r->id, sizeof(r->id), "%s", rid);
+    r->conf = m;
+    r->name = json_string_value(json_object_get(m, "name"));
+    r->plugins = json_object_get(m, "plugins");
+    r->enable_websocket = json_is_true(json_object_get(m, "enable_websocket"));
+    json_t *inl = json_object_get(m, "upstream");
+    char buf[32];
+    const char *uid = id_str(json_object_get(m, "upstream_id"), buf, sizeof(buf));
+    if (json_is_object(inl)) {
+        char id[96];
+        snprintf(id, sizeof(id), "route/%s", rid);
+        r->up = upstream_build(id, inl);
+        if (r->up && add_upstream(s, r->up) < 0) {
+            upstream_free(r->up);
+            r->up = NULL;
+        }
+    } else if (uid) {
+        r->up = find_upstream(s, uid);
+        if (!r->up)
+            log_warn("route %s: upstream %s does not exist", rid, uid);
+    }
+    r->timeout = r->up ? r->up->timeout
+                       : (struct timeouts){DEFAULT_TIMEOUT_MS, DEFAULT_TIMEOUT_MS,
+                                           DEFAULT_TIMEOUT_MS};
+    read_timeouts(json_object_get(m, "timeout"), &r->timeout);
+    char err[256];
+    int rc = router_add(s->router, m, r, err, sizeof(err));
+    if (rc < 0) {
+        log_warn("route %s skipped: %s", rid, err);
+        route_free(r);
+        return rc == -ENOMEM ? rc : 0;
+    }
+    struct route_rt **a = realloc(s->routes, (s->nroutes + 1) * sizeof(*a));
+    if (!a) {
+        route_free(r);
+        return -ENOMEM;
+    }
+    s->routes = a;
+    a[s->nroutes++] = r;
+    return 0;
+}
+
+struct snapshot *snapshot_build(json_t *resources, int64_t revision)
+{
+    struct snapshot *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    s->refs = 1;
+    s->revision = revision;
+    s->resources = json_incref(resources);
+    s->global_rules = json_array();
+    s->stream_routes = json_array();
+    s->router = router_new();
+    if (!s->router)
+        goto fail;
+    const char *key;
+    json_t *v;
+    char coll[32];
+    const char *id;
+    /* Shared upstreams first: routes refer to them. */
+    json_object_foreach(resources, key, v) {
+        if (collection_of(key, coll, sizeof(coll), &id) == 0 && strcmp(coll, "upstreams") == 0) {
+            struct upstream_rt *up = upstream_build(id, v);
+            if (up && add_upstream(s, up) < 0) {
+                upstream_free(up);
+                goto fail;
+            }
+        }
+    }
+    json_object_foreach(resources, key, v) {
+        if (collection_of(key, coll, sizeof(coll), &id) < 0)
+            continue;
+        if (strcmp(coll, "routes") == 0) {
+            if (compile_route(s, id, v) < 0)
+                goto fail;
+        } else if (strcmp(coll, "global_rules") == 0) {
+            json_array_append(s->global_rules, v);
+        } else if (strcmp(coll, "stream_routes") == 0) {
+            json_array_append(s->stream_routes, v);
+        }
+    }
+    if (router_build(s->router) < 0)
+        goto fail;
+    return s;
+fail:
+    log_error("out of memory compiling revision %lld", (long long)revision);
+    snapshot_unref(s);
+    return NULL;
+}
+
+void snapshot_unref(struct snapshot *s)
+{
+    if (!s || --s->refs > 0)
+        return;
+    router_free(s->router);
+    for (size_t i = 0; i < s->nroutes; i++)
+        route_free(s->routes[i]);
+    free(s->routes);
+    for (size_t i = 0; i < s->nupstreams; i++)
+        upstream_free(s->upstreams[i]);
+    free(s->upstreams);
+    json_decref(s->global_rules);
+    json_decref(s->stream_routes);
+    json_decref(s->resources);
+    free(s);
+}
+
+const struct route_rt *snapshot_match(const struct snapshot *s, const struct route_query *q)
+{
+    struct router_req req;
+    router_req_init(&req, q->method, q->host, NULL);
+    req.path = q->path;
+    req.path_len = q->path_len;
+    req.remote = q->remote;
+    req.var = q->var;
+    req.ud = q->var_ud;
+    return router_match(s->router, &req);
+}
+
+int upstream_pick(struct upstream_rt *up, const char *key, size_t keylen, const uint64_t *tried,
+                  struct upstream_node *out)
+{
+    int idx = balancer_pick(up->bal, key, keylen, tried);
+    if (idx < 0)
+        return -EAGAIN;
+    const struct balancer_node *n = balancer_node(up->bal, idx);
+    out->index = idx;
+    out->host = n->host;
+    out->port = n->port;
+    out->addr = n->addr;
+    return 0;
+}
+
+/* Appends var `name` (bytes) to buf; returns the new length. */
+static size_t append_var(const struct route_query *q, const char *name, size_t nlen, char *buf,
+                         size_t len, size_t cap)
+{
+    char nm[128];
+    if (nlen == 0 || nlen >= sizeof(nm))
+        return len;
+    memcpy(nm, name, nlen);
+    nm[nlen] = '\0';
+    size_t vlen = 0;
+    const char *v = q->var ? q->var(q->var_ud, nm, &vlen) : NULL;
+    if (!v)
+        return len;
+    if (vlen > cap - len)
+        vlen = cap - len;
+    memcpy(buf + len, v, vlen);
+    return len + vlen;
+}
+
+size_t snapshot_hash_key(const struct upstream_rt *up, const struct route_query *q, char *buf,
+                         size_t buflen)
+{
+    size_t len = 0;
+    char name[160];
+    const char *key = up->key ? up->key : "remote_addr";
+    switch (up->hash_on) {
+    case HASH_VARS:
+        len = append_var(q, key, strlen(key), buf, 0, buflen);
+        break;
+    case HASH_HEADER: {
+        size_t n = (size_t)snprintf(name, sizeof(name), "http_%s", key);
+        for (size_t i = 5; i < n && i < sizeof(name); i++)
+            name[i] = name[i] == '-' ? '_' : (char)(name[i] | ((name[i] >= 'A' && name[i] <= 'Z') ? 0x20 : 0));
+        len = append_var(q, name, strlen(name), buf, 0, buflen);
+        break;
+    }
+    case HASH_COOKIE:
+        snprintf(name, sizeof(name), "cookie_%s", key);
+        len = append_var(q, name, strlen(name), buf, 0, buflen);
+        break;
+    case HASH_CONSUMER:
+        len = append_var(q, "consumer_name", 13, buf, 0, buflen);
+        break;
+    case HASH_VARS_COMBINATIONS:
+        /* "$host$uri": each $name is a var; other bytes are literal. */
+        for (const char *p = key; *p && len < buflen;) {
+            if (*p == '$') {
+                const char *e = ++p;
+                while ((*e >= 'a' && *e <= 'z') || (*e >= 'A' && *e <= 'Z') ||
+                       (*e >= '0' && *e <= '9') || *e == '_')
+                    e++;
+                len = append_var(q, p, (size_t)(e - p), buf, len, buflen);
+                p = e;
+            } else {
+                buf[len++] = *p++;
+            }
+        }
+        break;
+    }
+    if (len == 0)
+        len = append_var(q, "remote_addr", 11, buf, 0, buflen);
+    return len;
+}
+
+void upstream_conn_start(struct upstream_rt *up, int index)
+{
+    balancer_conn_start(up->bal, index);
+}
+
+void upstream_conn_end(struct upstream_rt *up, int index)
+{
+    balancer_conn_end(up->bal, index);
+}
+
+void upstream_report(struct upstream_rt *up, int index, bool ok, uint32_t latency_ms)
+{
+    if (ok)
+        balancer_report_latency(up->bal, index, (double)latency_ms);
+}

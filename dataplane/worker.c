@@ -1,0 +1,307 @@
+/*
+ * worker: see worker.h.
+ */
+#include "worker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "cfg_state.h"
+#include "cfgs_uv.h"
+#include "cfgstream.h"
+#include "config.h"
+#include "dp_settings.h"
+#include "http_proxy.h"
+#include "jsonschema.h"
+#include "log.h"
+#include "metrics.h"
+#include "snapshot.h"
+
+#define CHANNEL_FD 3
+#define FIRST_LISTEN_FD 4
+
+struct worker {
+    struct dp_settings s;            /* this worker's settings */
+    uv_loop_t loop;                  /* the one loop */
+    uv_pipe_t chan;                  /* config from the master */
+    struct cfgs_decoder dec;         /* its frames */
+    struct cfg_state st;             /* resources as the master sent them */
+    struct snapshot *snap;           /* what new requests are served with (one ref) */
+    struct http_proxy *proxies[DP_MAX_LISTEN]; /* one per inherited listener */
+    size_t nproxies;
+    int draining_left;               /* proxies still draining */
+    uv_signal_t sig_term, sig_int, sig_hup;
+    uv_timer_t drain_timer;          /* bounds a drain */
+    int stopping;
+    int finished;                    /* finish() ran: handles are closing */
+    int access_log_fd;               /* -1: off */
+    struct metrics *metrics;         /* node-wide counters, or NULL */
+    uv_timer_t gauge_timer;          /* publishes connection gauges */
+    char rbuf[65536];
+};
+
+static struct snapshot *current_snapshot(void *ud)
+{
+    struct worker *w = ud;
+    return w->snap;
+}
+
+/* Compiles the current resources and swaps the snapshot in; requests in
+ * flight keep theirs. */
+static void rebuild(struct worker *w)
+{
+    struct snapshot *s = snapshot_build(w->st.res, w->st.revision);
+    if (!s) {
+        log_error("cannot compile revision %lld; still serving %lld", (long long)w->st.revision,
+                  (long long)(w->snap ? w->snap->revision : 0));
+        return;
+    }
+    struct snapshot *old = w->snap;
+    w->snap = s;
+    if (old)
+        snapshot_unref(old);
+    log_debug("serving revision %lld (%zu routes)", (long long)s->revision, s->nroutes);
+    char *buf;
+    size_t len;
+    if (cfgs_encode_rev(CFGS_ACK, s->revision, &buf, &len) == 0)
+        cfgs_write_buf((uv_stream_t *)&w->chan, buf, len, NULL);
+}
+
+static void finish(struct worker *w)
+{
+    if (w->finished)
+        return;
+    w->finished = 1;
+    uv_close((uv_handle_t *)&w->gauge_timer, NULL);
+    metrics_worker_conns(w->metrics, w->s.worker_index, 0, 0, 0);
+    for (size_t i = 0; i < w->nproxies; i++)
+        http_proxy_free(w->proxies[i]);
+    w->nproxies = 0;
+    if (!uv_is_closing((uv_handle_t *)&w->chan))
+        uv_close((uv_handle_t *)&w->chan, NULL);
+    uv_close((uv_handle_t *)&w->sig_term, NULL);
+    uv_close((uv_handle_t *)&w->sig_int, NULL);
+    uv_close((uv_handle_t *)&w->sig_hup, NULL);
+    uv_close((uv_handle_t *)&w->drain_timer, NULL);
+}
+
+static void on_drained(void *ud)
+{
+    struct worker *w = ud;
+    if (--w->draining_left == 0) {
+        uv_timer_stop(&w->drain_timer);
+        finish(w);
+    }
+}
+
+static void on_drain_timeout(uv_timer_t *t)
+{
+    struct worker *w = t->data;
+    log_warn("drain timeout: closing %d listener(s) with requests still in flight",
+             w->draining_left);
+    finish(w);
+}
+
+static void drain(struct worker *w, const char *why)
+{
+    if (w->stopping)
+        return;
+    w->stopping = 1;
+    log_info("%s: draining", why);
+    w->draining_left = (int)w->nproxies;
+    uv_timer_start(&w->drain_timer, on_drain_timeout, w->s.drain_timeout_ms, 0);
+    if (w->nproxies == 0) {
+        finish(w);
+        return;
+    }
+    for (size_t i = 0; i < w->nproxies; i++)
+        http_proxy_drain(w->proxies[i], on_drained, w);
+}
+
+static void on_stop_signal(uv_signal_t *sig, int signum)
+{
+    drain(sig->data, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+static void on_ignore(uv_signal_t *sig, int signum)
+{
+    /* SIGHUP goes to the whole process group from a terminal: the master
+     * handles it by replacing workers; a worker has nothing to do. */
+    (void)sig;
+    (void)signum;
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct worker *w = h->data;
+    (void)suggested;
+    *buf = uv_buf_init(w->rbuf, sizeof(w->rbuf));
+}
+
+static void on_chan_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct worker *w = s->data;
+    if (nread < 0) {
+        uv_close((uv_handle_t *)&w->chan, NULL);
+        drain(w, "the master went away");
+        return;
+    }
+    if (cfgs_decoder_feed(&w->dec, buf->base, (size_t)nread) < 0)
+        return;
+    bool any = false;
+    struct cfgs_msg m;
+    char why[160];
+    int rc;
+    while ((rc = cfgs_decoder_next(&w->dec, &m, why, sizeof(why))) > 0) {
+        bool changed = false;
+        if (cfg_state_apply(&w->st, &m, &changed) < 0)
+            log_error("config from the master out of order (%s)", cfgs_type_name(m.type));
+        any = any || changed;
+        cfgs_msg_free(&m);
+    }
+    if (rc < 0) {
+        log_error("config channel: %s", why);
+        uv_close((uv_handle_t *)&w->chan, NULL);
+        drain(w, "config channel broken");
+        return;
+    }
+    /* One compile per batch: a snapshot's many PUTs or a burst of changes. */
+    if (any)
+        rebuild(w);
+}
+
+static void request_done(void *ud, const struct route_rt *route, int status, uint64_t latency_us,
+                         uint64_t upstream_latency_us, uint64_t bytes_in, uint64_t bytes_out)
+{
+    struct worker *w = ud;
+    metrics_observe(w->metrics, route ? route->id : "", status, latency_us, upstream_latency_us,
+                    bytes_in, bytes_out);
+}
+
+static void publish_gauges(uv_timer_t *t)
+{
+    struct worker *w = t->data;
+    uint64_t active = 0, accepted = 0;
+    for (size_t i = 0; i < w->nproxies; i++) {
+        struct http_proxy_stats st;
+        http_proxy_get_stats(w->proxies[i], &st);
+        active += st.connections_active;
+        accepted += st.connections_total;
+    }
+    metrics_worker_conns(w->metrics, w->s.worker_index, active, accepted, accepted);
+}
+
+static int open_access_log(const struct dp_settings *s)
+{
+    if (!s->access_log)
+        return -1;
+    if (strcmp(s->access_log, "-") == 0)
+        return dup(1);
+    int fd = open(s->access_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    if (fd < 0)
+        log_error("access log %s: %s", s->access_log, strerror(errno));
+    return fd;
+}
+
+int worker_main(int argc, char **argv)
+{
+    static struct worker ws;
+    struct worker *w = &ws;
+    char err[1024];
+    if (dp_settings_load(&w->s, argc, argv, err, sizeof(err)) != 0) {
+        fprintf(stderr, "airgw-dataplane worker: %s\n", err);
+        return 2;
+    }
+    char comp[32];
+    snprintf(comp, sizeof(comp), "worker %d", w->s.worker_index);
+    log_init(comp, w->s.log_level);
+    signal(SIGPIPE, SIG_IGN);
+    cfg_state_init(&w->st);
+    cfgs_decoder_init(&w->dec);
+    uv_loop_init(&w->loop);
+    w->access_log_fd = open_access_log(&w->s);
+    const char *mfd = getenv("AIRGW_METRICS_FD");
+    if (mfd && atoi(mfd) > 0) {
+        fcntl(atoi(mfd), F_SETFD, FD_CLOEXEC);
+        w->metrics = metrics_attach(atoi(mfd));
+    }
+
+    /* An empty snapshot until the master's arrives: every request is a 404. */
+    json_t *empty = json_object();
+    w->snap = snapshot_build(empty, 0);
+    json_decref(empty);
+
+    const char *nfds_s = getenv("AIRGW_LISTEN_FDS");
+    int nfds = nfds_s ? atoi(nfds_s) : 0;
+    if (nfds < 0 || nfds > DP_MAX_LISTEN)
+        nfds = 0;
+    struct http_proxy_opts po;
+    http_proxy_opts_init(&po);
+    po.max_header_bytes = w->s.limits.max_header_bytes;
+    po.max_headers = w->s.limits.max_headers;
+    po.max_body_bytes = w->s.limits.max_body_bytes;
+    po.client_header_timeout_ms = w->s.limits.client_header_timeout_ms;
+    po.client_body_timeout_ms = w->s.limits.client_body_timeout_ms;
+    po.keepalive_timeout_ms = w->s.limits.keepalive_timeout_ms;
+    po.send_timeout_ms = w->s.limits.send_timeout_ms;
+    po.max_connections = w->s.limits.max_connections;
+    po.access_log = w->access_log_fd;
+    po.access_log_format = w->s.access_log_json ? HTTP_LOG_JSON : HTTP_LOG_COMBINED;
+    po.worker_id = w->s.worker_index;
+    po.on_request_done = request_done;
+    po.hook_ud = w;
+    int exit_code = 0;
+    for (int i = 0; i < nfds; i++) {
+        int fd = FIRST_LISTEN_FD + i;
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
+        struct http_proxy *p =
+            http_proxy_start(&w->loop, fd, &po, current_snapshot, w, err, sizeof(err));
+        if (!p) {
+            log_error("cannot serve listener %d: %s", i, err);
+            exit_code = 1;
+            continue;
+        }
+        w->proxies[w->nproxies++] = p;
+    }
+
+    uv_pipe_init(&w->loop, &w->chan, 0);
+    w->chan.data = w;
+    fcntl(CHANNEL_FD, F_SETFD, FD_CLOEXEC);
+    uv_pipe_open(&w->chan, CHANNEL_FD);
+    uv_read_start((uv_stream_t *)&w->chan, on_alloc, on_chan_read);
+    uv_signal_init(&w->loop, &w->sig_term);
+    uv_signal_init(&w->loop, &w->sig_int);
+    uv_signal_init(&w->loop, &w->sig_hup);
+    w->sig_term.data = w->sig_int.data = w->sig_hup.data = w;
+    uv_signal_start(&w->sig_term, on_stop_signal, SIGTERM);
+    uv_signal_start(&w->sig_int, on_stop_signal, SIGINT);
+    uv_signal_start(&w->sig_hup, on_ignore, SIGHUP);
+    uv_timer_init(&w->loop, &w->drain_timer);
+    w->drain_timer.data = w;
+    uv_timer_init(&w->loop, &w->gauge_timer);
+    w->gauge_timer.data = w;
+    uv_timer_start(&w->gauge_timer, publish_gauges, 200, 1000);
+    if (exit_code)
+        drain(w, "startup failed");
+
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(&w->loop) != 0)
+        log_warn("loop closed with handles still open");
+    if (w->snap)
+        snapshot_unref(w->snap);
+    cfgs_decoder_free(&w->dec);
+    cfg_state_free(&w->st);
+    if (w->access_log_fd >= 0)
+        close(w->access_log_fd);
+    metrics_free(w->metrics);
+    dp_settings_free(&w->s);
+    config_cleanup();
+    jsonschema_cleanup();
+    return exit_code;
+}
