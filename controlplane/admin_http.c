@@ -243,7 +243,6 @@ int admin_http_start(uv_loop_t *loop, const struct cp_settings *settings, struct
                               MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
                               MHD_OPTION_CONNECTION_LIMIT, (unsigned)512,
                               MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
-                              MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
                               MHD_OPTION_EXTERNAL_LOGGER, mhd_log, a,
                               MHD_OPTION_END);
     char where[80];
