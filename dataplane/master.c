@@ -28,6 +28,7 @@
 #include "dp_settings.h"
 #include "fsutil.h"
 #include "jsonschema.h"
+#include "health.h"
 #include "log.h"
 #include "metrics.h"
 #include "metrics_server.h"
@@ -85,6 +86,8 @@ struct master {
     uv_timer_t drain_timer;    /* bound on a stop */
     uv_signal_t sig_term, sig_int, sig_hup;
     struct metrics *metrics;   /* shared with workers; NULL when unavailable */
+    struct health_table *health; /* node verdicts shared with workers, or NULL */
+    struct health_checker *hc; /* active checks */
     struct metrics_server *ms; /* /apisix/prometheus/metrics */
     int stopping;
     char state_path[4200];
@@ -234,6 +237,7 @@ static void on_config_change(void *ud, bool snapshot, const struct cfgs_msg *msg
     } else {
         broadcast_change(m, msg);
     }
+    health_checker_update(m->hc, m->st.res);
     /* Debounced: a burst of changes is one write of the file. */
     if (!uv_is_active((uv_handle_t *)&m->save_timer))
         uv_timer_start(&m->save_timer, on_save_timer, 50, 0);
@@ -433,19 +437,23 @@ static void spawn_worker(struct master *m, int slot)
     size_t nenv = 0;
     while (environ[nenv])
         nenv++;
-    char **env = calloc(nenv + 3, sizeof(char *));
-    char fdenv[64], menv[64];
+    char **env = calloc(nenv + 4, sizeof(char *));
+    char fdenv[64], menv[64], henv[64];
     snprintf(fdenv, sizeof(fdenv), "AIRGW_LISTEN_FDS=%zu", sl->nfds);
-    snprintf(menv, sizeof(menv), "AIRGW_METRICS_FD=%d", m->metrics ? 4 + (int)sl->nfds : -1);
+    int next_fd = 4 + (int)sl->nfds;
+    snprintf(menv, sizeof(menv), "AIRGW_METRICS_FD=%d", m->metrics ? next_fd++ : -1);
+    snprintf(henv, sizeof(henv), "AIRGW_HEALTH_FD=%d", m->health ? next_fd++ : -1);
     size_t e = 0;
     for (size_t i = 0; i < nenv; i++)
         if (strncmp(environ[i], "AIRGW_LISTEN_FDS=", 17) != 0 &&
-            strncmp(environ[i], "AIRGW_METRICS_FD=", 17) != 0)
+            strncmp(environ[i], "AIRGW_METRICS_FD=", 17) != 0 &&
+            strncmp(environ[i], "AIRGW_HEALTH_FD=", 16) != 0)
             env[e++] = environ[i];
     env[e++] = fdenv;
     env[e++] = menv;
+    env[e++] = henv;
 
-    uv_stdio_container_t stdio[5 + DP_MAX_LISTEN];
+    uv_stdio_container_t stdio[6 + DP_MAX_LISTEN];
     stdio[0].flags = UV_IGNORE;
     stdio[1].flags = UV_INHERIT_FD;
     stdio[1].data.fd = 1;
@@ -461,6 +469,11 @@ static void spawn_worker(struct master *m, int slot)
     if (m->metrics) {
         stdio[nstdio].flags = UV_INHERIT_FD;
         stdio[nstdio].data.fd = metrics_fd(m->metrics);
+        nstdio++;
+    }
+    if (m->health) {
+        stdio[nstdio].flags = UV_INHERIT_FD;
+        stdio[nstdio].data.fd = health_table_fd(m->health);
         nstdio++;
     }
     uv_process_options_t po = {
@@ -652,6 +665,8 @@ static void master_finish(struct master *m)
     }
     metrics_server_stop(m->ms);
     m->ms = NULL;
+    health_checker_stop(m->hc);
+    m->hc = NULL;
     if (m->file_poll_on) {
         uv_close((uv_handle_t *)&m->file_poll, NULL);
         m->file_poll_on = 0;
@@ -746,7 +761,11 @@ int master_main(int argc, char **argv)
                                  render_metrics, m, err, sizeof(err));
     if (!m->ms)
         log_error("%s (metrics are not served)", err);
+    if (!(m->health = health_table_create()))
+        log_warn("health checks unavailable: cannot create shared memory: %s", strerror(errno));
+    m->hc = health_checker_start(&m->loop, m->health);
     start_source(m);
+    health_checker_update(m->hc, m->st.res);
     for (int i = 0; i < m->nslots; i++)
         spawn_worker(m, i);
     log_info("airgw-dataplane %s master ready (%d workers, node %s)", AIRGW_VERSION, m->nslots,
@@ -764,6 +783,7 @@ out:
         log_warn("loop closed with handles still open");
     cfg_state_free(&m->st);
     metrics_free(m->metrics);
+    health_table_free(m->health);
     dp_settings_free(&m->s);
     config_cleanup();
     jsonschema_cleanup();

@@ -9,10 +9,19 @@
 #include <string.h>
 
 #include "balancer.h"
+#include "health.h"
 #include "log.h"
 #include "router.h"
 
 #define DEFAULT_TIMEOUT_MS 60000
+
+/* The process's health table (per-process context, set once at start). */
+static struct health_table *health;
+
+void snapshot_set_health(struct health_table *ht)
+{
+    health = ht;
+}
 
 static int64_t ms_of(const json_t *v, int64_t dflt)
 {
@@ -66,6 +75,12 @@ static struct upstream_rt *upstream_build(const char *id, json_t *conf)
     snprintf(up->id, sizeof(up->id), "%s", id);
     up->bal = bal;
     up->conf = conf;
+    up->checks = json_object_get(conf, "checks");
+    if (!json_is_object(up->checks))
+        up->checks = NULL;
+    else
+        balancer_set_fail_open(bal, true); /* APISIX: all unhealthy -> use them all */
+    up->health_gen = (uint64_t)-1;
     up->scheme = scheme_of(json_string_value(json_object_get(conf, "scheme")));
     const char *ph = json_string_value(json_object_get(conf, "pass_host"));
     up->pass_host = ph && strcmp(ph, "node") == 0      ? PASS_HOST_NODE
@@ -340,9 +355,23 @@ const struct route_rt *snapshot_match(const struct snapshot *s, const struct rou
     return router_match(s->router, &req);
 }
 
+/* Copies the shared verdicts into the balancer when they changed. */
+static void sync_health(struct upstream_rt *up)
+{
+    uint64_t gen = health_generation(health);
+    if (gen == up->health_gen)
+        return;
+    up->health_gen = gen;
+    for (int i = 0; i < balancer_count(up->bal); i++)
+        balancer_set_down(up->bal, i,
+                          health_is_down(health, up->id, balancer_node(up->bal, i)->addr));
+}
+
 int upstream_pick(struct upstream_rt *up, const char *key, size_t keylen, const uint64_t *tried,
                   struct upstream_node *out)
 {
+    if (health && up->checks)
+        sync_health(up);
     int idx = balancer_pick(up->bal, key, keylen, tried);
     if (idx < 0)
         return -EAGAIN;
@@ -432,4 +461,10 @@ void upstream_report(struct upstream_rt *up, int index, bool ok, uint32_t latenc
 {
     if (ok)
         balancer_report_latency(up->bal, index, (double)latency_ms);
+    if (health && up->checks) {
+        const struct balancer_node *n = balancer_node(up->bal, index);
+        if (n)
+            health_passive_report(health, up->id, n->addr, up->checks,
+                                  ok ? HEALTH_OK : HEALTH_TCP_FAILURE);
+    }
 }

@@ -51,6 +51,8 @@ struct upstream_rt {
     uint32_t keepalive_idle_ms;/* default 60000 */
     int keepalive_requests;    /* requests per connection before closing (default 1000) */
     json_t *conf;              /* the upstream as stored (borrowed from the snapshot) */
+    const json_t *checks;      /* conf's "checks", or NULL: health applies */
+    uint64_t health_gen;       /* health table generation the down flags reflect */
 };
 
 /* A compiled, merged route. */
@@ -130,6 +132,12 @@ int upstream_pick(struct upstream_rt *up, const char *key, size_t keylen, const 
  * remote_addr when the var is empty, as APISIX does). Returns its length. */
 size_t snapshot_hash_key(const struct upstream_rt *up, const struct route_query *q, char *buf,
                          size_t buflen);
+
+struct health_table;
+
+/* Sets this process's health table (NULL: no health checks). Upstreams with
+ * "checks" take their nodes' down flags from it. */
+void snapshot_set_health(struct health_table *ht);
 
 /* Reports the outcome of an attempt: connection start/end for least_conn,
  * latency for ewma, failures for passive health checks. */

@@ -19,6 +19,7 @@
 #include "dp_settings.h"
 #include "http_proxy.h"
 #include "jsonschema.h"
+#include "health.h"
 #include "log.h"
 #include "metrics.h"
 #include "snapshot.h"
@@ -42,6 +43,7 @@ struct worker {
     int finished;                    /* finish() ran: handles are closing */
     int access_log_fd;               /* -1: off */
     struct metrics *metrics;         /* node-wide counters, or NULL */
+    struct health_table *health;     /* node verdicts, or NULL */
     uv_timer_t gauge_timer;          /* publishes connection gauges */
     char rbuf[65536];
 };
@@ -231,6 +233,12 @@ int worker_main(int argc, char **argv)
         fcntl(atoi(mfd), F_SETFD, FD_CLOEXEC);
         w->metrics = metrics_attach(atoi(mfd));
     }
+    const char *hfd = getenv("AIRGW_HEALTH_FD");
+    if (hfd && atoi(hfd) > 0) {
+        fcntl(atoi(hfd), F_SETFD, FD_CLOEXEC);
+        w->health = health_table_attach(atoi(hfd));
+        snapshot_set_health(w->health);
+    }
 
     /* An empty snapshot until the master's arrives: every request is a 404. */
     json_t *empty = json_object();
@@ -300,6 +308,8 @@ int worker_main(int argc, char **argv)
     if (w->access_log_fd >= 0)
         close(w->access_log_fd);
     metrics_free(w->metrics);
+    snapshot_set_health(NULL);
+    health_table_free(w->health);
     dp_settings_free(&w->s);
     config_cleanup();
     jsonschema_cleanup();
