@@ -83,16 +83,18 @@ struct hp_hdr {
 /* Request line part (URL, or response reason) and headers as llhttp hands
  * them over, in one growing buffer bounded by max. */
 struct hp_head {
-    char *buf;        /* [first NUL][name NUL value NUL]... */
-    uint32_t len;     /* bytes used */
-    uint32_t cap;     /* bytes allocated */
-    uint32_t max;     /* bound on len: over is an error */
-    struct hp_hdr *h; /* headers */
-    uint32_t n;       /* headers used */
-    uint32_t hcap;    /* headers allocated */
-    uint32_t maxn;    /* bound on n */
-    uint32_t first_len; /* length of the first string (URL or reason) */
-    uint8_t part;       /* HP_PART_*: what the last callback appended */
+    char *buf;              /* [first NUL][name NUL value NUL]... */
+    uint32_t len;           /* bytes used */
+    uint32_t cap;           /* bytes allocated */
+    uint32_t max;           /* bound on len: over is an error */
+    struct hp_hdr *h;       /* headers */
+    uint32_t n;             /* headers used */
+    uint32_t hcap;          /* headers allocated */
+    uint32_t maxn;          /* bound on n */
+    uint32_t first_len;     /* length of the first string (URL or reason) */
+    uint8_t part;           /* HP_PART_*: what the last callback appended */
+    uint8_t vpieces;        /* value pieces of the current header so far */
+    const char *exec_start; /* buffer of the llhttp_execute running (obs-fold check) */
 };
 
 enum { HP_PART_NONE = 0, HP_PART_FIRST, HP_PART_FIRST_DONE, HP_PART_NAME, HP_PART_VALUE };
@@ -137,46 +139,50 @@ struct hp_client;
 struct hp_upconn;
 
 struct hp_req {
-    struct hp_client *c;          /* the client connection */
-    llhttp_t parser;              /* request parser (paused at head end and message end) */
-    struct hp_head head;          /* URL and headers */
-    struct snapshot *snap;        /* our reference, or NULL before routing */
-    const struct route_rt *route; /* matched route, or NULL */
-    struct upstream_rt *up;       /* route->up while proxying */
-    struct hp_scratch *scratch;   /* strings made for routing and variables */
-    const char *method;           /* "GET" (static) */
-    const char *host;             /* effective host, or NULL */
-    const char *path;             /* normalised path: $uri */
-    size_t path_len;              /* its length */
-    const char *target;           /* request-target forwarded (origin-form) */
-    const char *args;             /* query string without '?', or NULL */
-    const char *hashkey;          /* chash key, or NULL */
-    size_t hashkey_len;           /* its length */
-    int h_host;                   /* header index of Host, or -1 */
-    uint32_t flags;               /* RQ_* */
-    uint64_t body_in;             /* decoded request body bytes read */
-    uint64_t bytes_in;            /* raw bytes read from the client */
-    uint64_t bytes_out;           /* bytes written to the client */
-    uint64_t body_out;            /* response body bytes written to the client */
-    uint64_t t_start;             /* uv_hrtime() at the first byte */
-    uint64_t t_up_start;          /* uv_hrtime() at the first upstream attempt */
-    uint64_t t_up_head;           /* uv_hrtime() at the upstream response head */
-    uint64_t t_attempt_ms;        /* uv_now() at the first attempt (retry_timeout) */
-    uint64_t tried;               /* nodes tried (bit i: node index i < 64) */
-    int tried_idx[HP_MAX_ATTEMPTS]; /* node indexes tried, any value */
-    int attempts;                 /* upstream attempts made */
-    int last_fail;                /* 502 or 504: the last attempt's failure */
-    struct upstream_node node;    /* the current attempt's node */
-    struct hp_upconn *uc;         /* the connection serving the current attempt, or NULL */
-    char *uhead;                  /* request head for the upstream (kept for a retry) */
-    size_t uhead_len;             /* its length */
-    llhttp_t rparser;             /* response parser */
-    struct hp_head rhead;         /* response reason and headers */
-    uint8_t mode;                 /* enum hp_body_mode of the response body */
-    uint8_t rphase;               /* RP_HEAD: reading the response head, RP_BODY: its body */
-    uint8_t rev;                  /* REV_*: what made the response parser pause */
-    uint64_t t_try;               /* uv_hrtime() at the current attempt's start */
-    int status;                   /* status sent to the client (0: none yet) */
+    struct hp_client *c;              /* the client connection */
+    llhttp_t parser;                  /* request parser (paused at head end and message end) */
+    struct hp_head head;              /* URL and headers */
+    struct snapshot *snap;            /* our reference, or NULL before routing */
+    const struct route_rt *route;     /* matched route, or NULL */
+    struct upstream_rt *up;           /* route->up while proxying */
+    struct hp_scratch *scratch;       /* strings made for routing and variables */
+    const char *method;               /* "GET" (static) */
+    const char *host;                 /* effective host, or NULL */
+    const char *path;                 /* normalised path: $uri */
+    size_t path_len;                  /* its length */
+    const char *target;               /* request-target forwarded (origin-form) */
+    const char *args;                 /* query string without '?', or NULL */
+    const char *hashkey;              /* chash key, or NULL */
+    size_t hashkey_len;               /* its length */
+    int h_host;                       /* header index of Host, or -1 */
+    uint32_t flags;                   /* RQ_* */
+    uint64_t body_in;                 /* decoded request body bytes read */
+    uint64_t bytes_in;                /* raw bytes read from the client */
+    uint64_t bytes_out;               /* bytes written to the client */
+    uint64_t body_out;                /* response body bytes written to the client */
+    uint64_t t_start;                 /* uv_hrtime() at the first byte */
+    uint64_t t_up_start;              /* uv_hrtime() at the first upstream attempt */
+    uint64_t t_up_head;               /* uv_hrtime() at the upstream response head */
+    uint64_t t_attempt_ms;            /* uv_now() at the first attempt (retry_timeout) */
+    uint64_t tried;                   /* nodes tried (bit i: node index i < 64) */
+    int tried_idx[HP_MAX_ATTEMPTS];   /* node indexes tried, any value */
+    int attempts;                     /* upstream attempts made */
+    int last_fail;                    /* 502 or 504: the last attempt's failure */
+    struct upstream_node node;        /* the current attempt's node */
+    struct hp_upconn *uc;             /* the connection serving the current attempt, or NULL */
+    char *ohead;                      /* response head for the client not written yet: it
+                                         goes out with the first body bytes (one writev) */
+    size_t ohead_len;                 /* its length */
+    char *uhead;                      /* request head for the upstream (kept for a retry) */
+    size_t uhead_len;                 /* its length */
+    llhttp_t rparser;                 /* response parser */
+    struct hp_head rhead;             /* response reason and headers */
+    uint8_t mode;                     /* enum hp_body_mode of the response body */
+    uint8_t rphase;                   /* RP_HEAD: reading the response head, RP_BODY: its body */
+    uint8_t rev;                      /* REV_*: what made the response parser pause */
+    uint64_t t_try;                   /* uv_hrtime() at the current attempt's start */
+    int status;                       /* status sent to the client (0: none yet) */
+    int up_last;                      /* the last upstream status (0: none) */
     char up_addr[HP_LOG_FIELD_MAX];   /* "a:1, b:2" attempted nodes, for the log */
     char up_status[HP_LOG_FIELD_MAX]; /* "502, 200" their statuses, for the log */
 };
@@ -205,19 +211,20 @@ enum hp_cflag {
 };
 
 struct hp_client {
-    uv_tcp_t tcp;            /* the connection; tcp.data = this */
-    struct http_proxy *p;    /* owner */
-    struct hp_client *prev;  /* in p->clients */
-    struct hp_client *next;  /* in p->clients */
-    struct hp_deadline dl;   /* in p->dl[dl_kind] when dl_kind != DL_NONE */
-    uint8_t dl_kind;         /* enum hp_dl_kind */
-    uint8_t state;           /* enum hp_cstate */
-    uint8_t flags;           /* CF_* */
-    struct hp_req *req;      /* the request being served, or NULL */
-    char *in;                /* unconsumed input (pipelined bytes), or NULL */
-    uint32_t in_off;         /* consumed part of in */
-    uint32_t in_len;         /* bytes in in */
-    union hp_sockaddr peer;  /* client address */
+    uv_tcp_t tcp;           /* the connection; tcp.data = this */
+    struct http_proxy *p;   /* owner */
+    struct hp_client *prev; /* in p->clients */
+    struct hp_client *next; /* in p->clients */
+    struct hp_deadline dl;  /* in p->dl[dl_kind] when dl_kind != DL_NONE */
+    uint8_t dl_kind;        /* enum hp_dl_kind */
+    uint8_t state;          /* enum hp_cstate */
+    uint8_t flags;          /* CF_* */
+    struct hp_req *req;     /* the request being served, or NULL */
+    char *in;               /* unconsumed input (pipelined bytes), or NULL */
+    uint32_t in_off;        /* consumed part of in */
+    uint32_t in_len;        /* bytes in in */
+    uint32_t wq;            /* bytes held in write requests (backpressure) */
+    union hp_sockaddr peer; /* client address */
 };
 
 /* ---- upstream connections ---- */
@@ -255,6 +262,7 @@ struct hp_upconn {
     struct hp_resolve *res;  /* getaddrinfo in flight, or NULL */
     uv_connect_t creq;       /* connect request */
     uint32_t nreq;           /* requests sent on this connection */
+    uint32_t wq;             /* bytes held in write requests (backpressure) */
     uint8_t state;           /* enum hp_ustate */
     uint8_t flags;           /* UF_* */
     uint8_t nclosed;         /* close callbacks run (2: free) */
@@ -264,42 +272,43 @@ struct hp_upconn {
 enum { UT_NONE = 0, UT_CONNECT, UT_SEND, UT_READ, UT_IDLE };
 
 struct hp_pool {
-    struct hp_pool *next;    /* hash chain */
-    struct hp_upconn *idle;  /* most recently used first */
-    struct hp_upconn *tail;  /* least recently used */
-    uint32_t nidle;          /* connections in idle */
-    uint32_t refs;           /* connections pointing here */
-    char key[];              /* "host:port" */
+    struct hp_pool *next;   /* hash chain */
+    struct hp_upconn *idle; /* most recently used first */
+    struct hp_upconn *tail; /* least recently used */
+    uint32_t nidle;         /* connections in idle */
+    uint32_t refs;          /* connections pointing here */
+    char key[];             /* "host:port" */
 };
 
 /* ---- the proxy ---- */
 
 struct http_proxy {
-    uv_loop_t *loop;                 /* the worker's loop */
-    uv_tcp_t listener;               /* wraps listen_fd */
-    uv_timer_t dl_timer;             /* fires at the earliest client deadline */
-    uv_timer_t drain_timer;          /* calls drain_done from the loop */
-    struct http_proxy_opts o;        /* options, defaults filled */
-    struct snapshot *(*current)(void *ud); /* the worker's snapshot */
-    void *current_ud;                /* for current */
-    struct hp_client *clients;       /* every client connection */
-    struct hp_upconn *upconns;       /* every upstream connection */
-    struct hp_deadline dl[DL_COUNT]; /* sentinels of the deadline lists */
-    uint64_t dl_armed;               /* when dl_timer fires (0: stopped) */
+    uv_loop_t *loop;                        /* the worker's loop */
+    uv_tcp_t listener;                      /* wraps listen_fd */
+    uv_timer_t dl_timer;                    /* fires at the earliest client deadline */
+    uv_timer_t drain_timer;                 /* calls drain_done from the loop */
+    struct http_proxy_opts o;               /* options, defaults filled */
+    struct snapshot *(*current)(void *ud);  /* the worker's snapshot */
+    void *current_ud;                       /* for current */
+    struct hp_client *clients;              /* every client connection */
+    struct hp_upconn *upconns;              /* every upstream connection */
+    struct hp_deadline dl[DL_COUNT];        /* sentinels of the deadline lists */
+    uint64_t dl_armed;                      /* when dl_timer fires (0: stopped) */
     struct hp_pool *pools[HP_POOL_BUCKETS]; /* keep-alive pools by "host:port" */
-    struct http_proxy_stats st;      /* counters */
-    uint16_t server_port;            /* the listener's port */
-    bool listening;                  /* listener not closed yet */
-    bool draining;                   /* http_proxy_drain called */
-    bool freeing;                    /* http_proxy_free called */
-    void (*drain_done)(void *ud);    /* drain callback, or NULL once called */
-    void *drain_ud;                  /* for drain_done */
-    int nhandles;                    /* handles and requests whose callbacks are due */
-    time_t date_sec;                 /* second of the cached dates */
-    char date_http[32];              /* "Sun, 22 Nov 2026 08:00:00 GMT" */
-    char date_iso[48];               /* "2026-11-22T08:00:00+00:00" */
-    char date_clf[48];               /* "22/Nov/2026:08:00:00 +0000" */
-    char rbuf[HP_READ_BUF_SIZE];     /* shared read buffer: consumed before read_cb returns */
+    struct http_proxy_stats st;             /* counters */
+    uint16_t server_port;                   /* the listener's port */
+    bool listening;                         /* listener not closed yet */
+    bool draining;                          /* http_proxy_drain called */
+    bool freeing;                           /* http_proxy_free called */
+    void (*drain_done)(void *ud);           /* drain callback, or NULL once called */
+    void *drain_ud;                         /* for drain_done */
+    int nhandles;                           /* handles and requests whose callbacks are due */
+    uint64_t accept_warned;                 /* uv_now() of the last accept error logged */
+    time_t date_sec;                        /* second of the cached dates */
+    char date_http[32];                     /* "Sun, 22 Nov 2026 08:00:00 GMT" */
+    char date_iso[48];                      /* "2026-11-22T08:00:00+00:00" */
+    char date_clf[48];                      /* "22/Nov/2026:08:00:00 +0000" */
+    char rbuf[HP_READ_BUF_SIZE]; /* shared read buffer: consumed before read_cb returns */
 };
 
 /* ---- http_util.c ---- */
@@ -352,9 +361,12 @@ void hp_access_log(struct http_proxy *p, const struct hp_req *r);
 
 /* Queues bufs on s: written at once when possible, the rest copied and
  * written with uv_write (cb gets the uv_write_t whose data is s->data).
- * Never calls back synchronously. 0 or a negative libuv error. */
-int hp_write(struct http_proxy *p, uv_stream_t *s, const uv_buf_t *bufs, unsigned n,
-             uv_write_cb cb);
+ * *held counts the copied bytes until their write callback released them
+ * (memory, unlike s->write_queue_size, which drops as soon as the kernel
+ * took the bytes): backpressure decisions use it. Never calls back
+ * synchronously. 0 or a negative libuv error. */
+int hp_write(struct http_proxy *p, uv_stream_t *s, const uv_buf_t *bufs, unsigned n, uv_write_cb cb,
+             uint32_t *held);
 /* Releases a write request handed to a write callback. */
 void hp_write_done(struct http_proxy *p, uv_write_t *w);
 void hp_buffered_add(struct http_proxy *p, int64_t delta);

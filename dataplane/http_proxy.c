@@ -52,7 +52,10 @@ static int head_rc(struct hp_req *r, int rc)
 {
     if (rc == HP_HEAD_OK)
         return 0;
-    r->status = rc == HP_HEAD_BAD ? 400 : rc == HP_HEAD_NOMEM ? 500 : 431;
+    if (rc == HP_HEAD_TOO_BIG && r->head.n == 0)
+        r->status = 414; /* the request line alone: nginx's 414 */
+    else
+        r->status = rc == HP_HEAD_BAD ? 400 : rc == HP_HEAD_NOMEM ? 500 : 431;
     return HPE_USER;
 }
 
@@ -135,12 +138,18 @@ static const llhttp_settings_t req_settings = {
 static uint32_t dl_duration(const struct http_proxy *p, int kind)
 {
     switch (kind) {
-    case DL_HEADER: return p->o.client_header_timeout_ms;
-    case DL_BODY: return p->o.client_body_timeout_ms;
-    case DL_KEEPALIVE: return p->o.keepalive_timeout_ms;
-    case DL_SEND: return p->o.send_timeout_ms;
-    case DL_LINGER: return HP_LINGER_MS;
-    default: return 0;
+    case DL_HEADER:
+        return p->o.client_header_timeout_ms;
+    case DL_BODY:
+        return p->o.client_body_timeout_ms;
+    case DL_KEEPALIVE:
+        return p->o.keepalive_timeout_ms;
+    case DL_SEND:
+        return p->o.send_timeout_ms;
+    case DL_LINGER:
+        return HP_LINGER_MS;
+    default:
+        return 0;
     }
 }
 
@@ -283,6 +292,23 @@ static void req_finish(struct hp_client *c)
         if (p->o.on_request_done)
             p->o.on_request_done(p->o.hook_ud, r->route, r->status, lat, ulat, r->bytes_in,
                                  r->bytes_out);
+        if (p->o.on_request_info) {
+            struct http_request_info info = {
+                .route = r->route,
+                .status = r->status,
+                .latency_us = lat,
+                .upstream_latency_us = ulat,
+                .bytes_in = r->bytes_in,
+                .bytes_out = r->bytes_out,
+                .method = r->method,
+                .host = r->host ? hp_req_var(r, "host", NULL) : NULL,
+                .uri = r->path,
+                .node_host = r->attempts ? r->node.host : NULL,
+                .node_port = r->attempts ? r->node.port : 0,
+                .upstream_status = r->up_last,
+            };
+            p->o.on_request_info(p->o.hook_ud, &info);
+        }
         hp_access_log(p, r);
         p->st.requests_total++;
     }
@@ -291,6 +317,7 @@ static void req_finish(struct hp_client *c)
     hp_head_free(&r->head);
     hp_head_free(&r->rhead);
     hp_scratch_free(r);
+    free(r->ohead);
     free(r->uhead);
     free(r);
     c->req = NULL;
@@ -310,7 +337,7 @@ bool hp_client_send(struct hp_client *c, const uv_buf_t *bufs, unsigned n)
 {
     if (c->state == CS_CLOSING)
         return false;
-    int rc = hp_write(c->p, (uv_stream_t *)&c->tcp, bufs, n, client_write_cb);
+    int rc = hp_write(c->p, (uv_stream_t *)&c->tcp, bufs, n, client_write_cb, &c->wq);
     if (rc < 0) {
         hp_client_close(c);
         return false;
@@ -318,6 +345,11 @@ bool hp_client_send(struct hp_client *c, const uv_buf_t *bufs, unsigned n)
     if (c->req)
         for (unsigned i = 0; i < n; i++)
             c->req->bytes_out += bufs[i].len;
+    /* A client that stops reading must not hold the connection forever:
+     * the send timeout runs while something is queued and no other
+     * deadline does (the upstream may be paused for this very client). */
+    if (c->tcp.write_queue_size > 0 && c->dl_kind == DL_NONE)
+        dl_set(c, DL_SEND);
     return true;
 }
 
@@ -333,7 +365,7 @@ static void client_write_cb(uv_write_t *w, int status)
     }
     if (c->dl_kind == DL_SEND)
         dl_set(c, DL_SEND); /* progress: the send timeout runs between writes */
-    if (c->tcp.write_queue_size <= HP_LOW_WATER) {
+    if (c->wq <= HP_LOW_WATER) {
         if (c->req)
             hp_up_client_drained(c->req);
         if (c->state != CS_CLOSING)
@@ -481,6 +513,21 @@ static void request_end(struct hp_client *c)
 
 /* ---- request head ---- */
 
+/* A Host (or absolute-form authority) as nginx accepts it: a name or
+ * address, an optional port; no path, whitespace, userinfo or backslash. */
+static bool valid_host(const char *h)
+{
+    if (!*h || *h == '.')
+        return false;
+    for (const char *p = h; *p; p++) {
+        unsigned char ch = (unsigned char)*p;
+        if (ch <= 0x20 || ch == 0x7f || ch == '/' || ch == '\\' || ch == '@' || ch == '?' ||
+            ch == '#')
+            return false;
+    }
+    return true;
+}
+
 /* Validates the parsed head, routes the request and starts the upstream
  * attempt (or answers locally). */
 static void req_start(struct hp_client *c)
@@ -534,6 +581,10 @@ static void req_start(struct hp_client *c)
     }
     if (r->h_host >= 0)
         r->host = hp_hvalue(h, (uint32_t)r->h_host);
+    if (r->host && !valid_host(r->host)) {
+        answer_local(c, 400, NULL, true);
+        return;
+    }
 
     /* Request-target: origin-form, or absolute-form whose authority wins. */
     const char *url = h->buf;
@@ -555,6 +606,10 @@ static void req_start(struct hp_client *c)
                 return;
             }
             r->host = hp_scratch_strndup(r, a, (size_t)(s - a));
+            if (!r->host || !valid_host(r->host)) {
+                answer_local(c, 400, NULL, true);
+                return;
+            }
             if (s == e || *s == '?') {
                 char *t = hp_scratch_alloc(r, (size_t)(e - s) + 2);
                 if (!t) {
@@ -660,6 +715,7 @@ static size_t feed_head(struct hp_client *c, const char *data, size_t n)
 {
     struct hp_req *r = c->req;
     struct http_proxy *p = c->p;
+    r->head.exec_start = data;
     llhttp_errno_t e = llhttp_execute(&r->parser, data, n);
     size_t k = n;
     if (e != HPE_OK) {
@@ -677,7 +733,8 @@ static size_t feed_head(struct hp_client *c, const char *data, size_t n)
     }
     if (r->bytes_in > p->o.max_header_bytes) {
         c->state = CS_PROXY;
-        answer_local(c, 431, NULL, true);
+        answer_local(c, r->head.n == 0 && r->head.part != HP_PART_FIRST_DONE ? 414 : 431, NULL,
+                     true);
         return n;
     }
     if (e == HPE_PAUSED) {
@@ -732,11 +789,7 @@ static size_t client_feed(struct hp_client *c, const char *data, size_t n)
         struct hp_req *r = c->req;
         switch (c->state) {
         case CS_IDLE:
-            if (c->p->draining) {
-                client_linger(c);
-                return n;
-            }
-            if (c->tcp.write_queue_size > HP_HIGH_WATER)
+            if (c->wq > HP_HIGH_WATER)
                 return off;
             if (!req_new(c)) {
                 hp_client_close(c);
@@ -824,7 +877,12 @@ static void client_update_io(struct hp_client *c)
     switch (c->state) {
     case CS_IDLE:
         want = !pending;
-        dl = pending ? DL_SEND : (c->flags & CF_SERVED) ? DL_KEEPALIVE : DL_HEADER;
+        if (pending || c->tcp.write_queue_size > 0)
+            dl = DL_SEND; /* the last response is still being written */
+        else if (c->p->draining)
+            dl = DL_LINGER; /* a short grace for a request already on its way */
+        else
+            dl = (c->flags & CF_SERVED) ? DL_KEEPALIVE : DL_HEADER;
         break;
     case CS_HEAD:
         want = !pending;
@@ -842,8 +900,13 @@ static void client_update_io(struct hp_client *c)
             }
             want = !pending;
             dl = DL_BODY;
-        } else if (c->tcp.write_queue_size > 0) {
-            dl = DL_SEND;
+        } else {
+            /* Waiting for or relaying the response: a read stays armed to
+             * notice the client leaving (499, upstream closed, as nginx);
+             * a pipelined request read meanwhile is parked in c->in. */
+            want = (r->flags & RQ_BODY_DONE) && !pending;
+            if (c->tcp.write_queue_size > 0)
+                dl = DL_SEND;
         }
         break;
     case CS_TUNNEL:
@@ -969,7 +1032,12 @@ static void on_connection(uv_stream_t *server, int status)
 {
     struct http_proxy *p = server->data;
     if (status < 0) {
-        log_warn("worker %d: accept: %s", p->o.worker_id, uv_strerror(status));
+        /* EMFILE and friends come in storms: one line per second. */
+        uint64_t now = uv_now(p->loop);
+        if (now - p->accept_warned >= 1000 || p->accept_warned == 0) {
+            p->accept_warned = now;
+            log_warn("worker %d: accept: %s", p->o.worker_id, uv_strerror(status));
+        }
         return;
     }
     if (p->st.connections_active >= p->o.max_connections) {
@@ -1024,14 +1092,14 @@ void http_proxy_opts_init(struct http_proxy_opts *o)
     o->access_log_format = HTTP_LOG_JSON;
 }
 
-struct http_proxy *http_proxy_start(uv_loop_t *loop, int listen_fd,
-                                    const struct http_proxy_opts *o,
+struct http_proxy *http_proxy_start(uv_loop_t *loop, int listen_fd, const struct http_proxy_opts *o,
                                     struct snapshot *(*current)(void *ud), void *ud, char *err,
                                     size_t errlen)
 {
     struct http_proxy *p = calloc(1, sizeof(*p));
     if (!p) {
         snprintf(err, errlen, "out of memory");
+        close(listen_fd);
         return NULL;
     }
     if (o)
@@ -1050,13 +1118,9 @@ struct http_proxy *http_proxy_start(uv_loop_t *loop, int listen_fd,
     for (int k = 0; k < DL_COUNT; k++)
         p->dl[k].prev = p->dl[k].next = &p->dl[k];
 
-    /* The handle gets its own descriptor: closing it leaves the caller's. */
-    int fd = dup(listen_fd);
-    if (fd < 0) {
-        snprintf(err, errlen, "dup listen fd: %s", strerror(errno));
-        free(p);
-        return NULL;
-    }
+    /* The proxy owns the socket from here: closing it on drain takes this
+     * worker out of the SO_REUSEPORT group at once. */
+    int fd = listen_fd;
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
     if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
@@ -1091,6 +1155,16 @@ struct http_proxy *http_proxy_start(uv_loop_t *loop, int listen_fd,
     return p;
 }
 
+/* True when bytes (or a FIN) wait in the client's socket. */
+static bool socket_has_input(struct hp_client *c)
+{
+    uv_os_fd_t fd;
+    char b;
+    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) != 0)
+        return false;
+    return recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) >= 0;
+}
+
 static void drain_timer_cb(uv_timer_t *t)
 {
     struct http_proxy *p = t->data;
@@ -1109,9 +1183,18 @@ void http_proxy_drain(struct http_proxy *p, void (*done)(void *ud), void *ud)
         p->listening = false;
         uv_close((uv_handle_t *)&p->listener, static_handle_cb);
     }
-    for (struct hp_client *c = p->clients; c; c = c->next)
-        if (c->state == CS_IDLE && !c->in)
+    /* Idle keep-alive connections close now, unless a request is already
+     * waiting in the socket (it is served, with Connection: close); a new
+     * connection that sent nothing yet gets HP_LINGER_MS for its first
+     * request (client_update_io keeps that deadline while draining). */
+    for (struct hp_client *c = p->clients; c; c = c->next) {
+        if (c->state != CS_IDLE || c->in || socket_has_input(c))
+            continue;
+        if (c->flags & CF_SERVED)
             hp_client_close(c);
+        else
+            dl_set(c, DL_LINGER);
+    }
     hp_up_close_idle(p);
     if (p->st.connections_active == 0 && done)
         uv_timer_start(&p->drain_timer, drain_timer_cb, 0, 0);

@@ -19,6 +19,8 @@
  * progress or idle time in the pool.
  */
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,9 +34,9 @@
 #define DEFAULT_TIMEOUT_MS 60000
 
 struct hp_resolve {
-    uv_getaddrinfo_t gai;  /* the request */
-    struct hp_upconn *uc;  /* waiting connection, NULL once it gave up */
-    struct http_proxy *p;  /* owner (counted in nhandles while pending) */
+    uv_getaddrinfo_t gai; /* the request */
+    struct hp_upconn *uc; /* waiting connection, NULL once it gave up */
+    struct http_proxy *p; /* owner (counted in nhandles while pending) */
 };
 
 static void attempt(struct hp_req *r);
@@ -167,6 +169,23 @@ static void uc_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     *buf = uv_buf_init(uc->p->rbuf, sizeof(uc->p->rbuf));
 }
 
+/* Asks the kernel to acknowledge at once: an upstream that writes its head
+ * and body apart without TCP_NODELAY (Python's http.server, many others)
+ * otherwise waits for our delayed ACK (40 ms) before the body, on every
+ * request of a pooled connection. Linux resets the flag by itself, so it
+ * is set again after each read that leaves the response incomplete. */
+static void uc_quickack(struct hp_upconn *uc)
+{
+#ifdef TCP_QUICKACK
+    uv_os_fd_t fd;
+    int one = 1;
+    if (uv_fileno((uv_handle_t *)&uc->tcp, &fd) == 0)
+        setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+#else
+    (void)uc;
+#endif
+}
+
 static void uc_read(struct hp_upconn *uc, bool on)
 {
     if (on && !(uc->flags & UF_READING)) {
@@ -234,7 +253,7 @@ static void pool_put(struct hp_upconn *uc, const struct upstream_rt *up)
     p->st.upstream_idle++;
     p->st.upstream_active--;
     uc->state = US_IDLE;
-    uc->flags &= (uint8_t)~(UF_REUSED | UF_PAUSED);
+    uc->flags &= (uint8_t) ~(UF_REUSED | UF_PAUSED);
     uc_read(uc, true); /* a close or stray byte while idle retires it */
     uc->timer_kind = UT_IDLE;
     uv_timer_start(&uc->timer, uc_timer_cb, tmo(up->keepalive_idle_ms), 0);
@@ -263,7 +282,7 @@ void hp_up_detach(struct hp_req *r, bool reusable)
         return;
     r->uc = NULL;
     uc->req = NULL;
-    if (reusable && uc->state == US_ACTIVE && uc->tcp.write_queue_size == 0)
+    if (reusable && uc->state == US_ACTIVE && uc->wq == 0)
         pool_put(uc, r->up);
     else
         upconn_close(uc);
@@ -310,10 +329,20 @@ static void sb_str(struct sbuf *s, const char *d)
 static bool req_hop_header(const char *n)
 {
     static const char *const hop[] = {
-        "host",      "connection",        "keep-alive",      "proxy-connection",
-        "te",        "trailer",           "upgrade",         "transfer-encoding",
-        "expect",    "x-forwarded-for",   "x-real-ip",       "x-forwarded-proto",
-        "x-forwarded-host", "x-forwarded-port",
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "transfer-encoding",
+        "expect",
+        "x-forwarded-for",
+        "x-real-ip",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
     };
     for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
         if (strcasecmp(n, hop[i]) == 0)
@@ -340,8 +369,8 @@ static char *build_request_head(struct hp_req *r, size_t *out_len)
     netaddr_format_ip(&c->peer.sa, ip, sizeof(ip));
     snprintf(port, sizeof(port), "%u", (unsigned)c->p->server_port);
     const char *host = r->host;
-    if (up->pass_host == PASS_HOST_NODE || (up->pass_host == PASS_HOST_REWRITE &&
-                                            !(up->upstream_host && up->upstream_host[0])) ||
+    if (up->pass_host == PASS_HOST_NODE ||
+        (up->pass_host == PASS_HOST_REWRITE && !(up->upstream_host && up->upstream_host[0])) ||
         !host) {
         node_host(&r->node, nh, sizeof(nh));
         host = nh;
@@ -470,6 +499,28 @@ static int rs_on_headers_complete(llhttp_t *hp)
     return HPE_PAUSED;
 }
 
+/* Writes response bytes to the client, the pending head first: head and
+ * body leave in one writev. n <= 4. */
+static bool resp_send(struct hp_req *r, const uv_buf_t *bufs, unsigned n)
+{
+    if (!r->ohead)
+        return hp_client_send(r->c, bufs, n);
+    uv_buf_t all[5];
+    all[0] = uv_buf_init(r->ohead, (unsigned)r->ohead_len);
+    for (unsigned i = 0; i < n && i < 4; i++)
+        all[i + 1] = bufs[i];
+    char *h = r->ohead;
+    r->ohead = NULL;
+    bool ok = hp_client_send(r->c, all, n + 1);
+    free(h);
+    return ok;
+}
+
+static bool resp_flush(struct hp_req *r)
+{
+    return r->ohead ? resp_send(r, NULL, 0) : true;
+}
+
 static int rs_on_body(llhttp_t *hp, const char *at, size_t len)
 {
     struct hp_req *r = hp->data;
@@ -479,11 +530,11 @@ static int rs_on_body(llhttp_t *hp, const char *at, size_t len)
         int n = snprintf(sz, sizeof(sz), "%zx\r\n", len);
         uv_buf_t b[3] = {uv_buf_init(sz, (unsigned)n), uv_buf_init((char *)at, (unsigned)len),
                          uv_buf_init((char *)"\r\n", 2)};
-        if (!hp_client_send(r->c, b, 3))
+        if (!resp_send(r, b, 3))
             return HPE_USER;
     } else if (r->mode == BM_DECHUNK) {
         uv_buf_t b = uv_buf_init((char *)at, (unsigned)len);
-        if (!hp_client_send(r->c, &b, 1))
+        if (!resp_send(r, &b, 1))
             return HPE_USER;
     }
     return 0;
@@ -514,8 +565,8 @@ static const llhttp_settings_t resp_settings = {
 
 static bool resp_hop_header(const char *n, bool upgrade)
 {
-    static const char *const hop[] = {"connection", "keep-alive", "proxy-connection", "te",
-                                      "trailer", "transfer-encoding", "upgrade"};
+    static const char *const hop[] = {"connection", "keep-alive",        "proxy-connection", "te",
+                                      "trailer",    "transfer-encoding", "upgrade"};
     for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
         if (strcasecmp(n, hop[i]) == 0)
             return !(upgrade && i == 6);
@@ -523,8 +574,8 @@ static bool resp_hop_header(const char *n, bool upgrade)
 }
 
 /* Builds the head for the client from the upstream's. */
-static char *build_response_head(struct hp_req *r, int st, const char *te, bool keep,
-                                 bool upgrade, size_t *out_len)
+static char *build_response_head(struct hp_req *r, int st, const char *te, bool keep, bool upgrade,
+                                 size_t *out_len)
 {
     const struct hp_head *h = &r->rhead;
     size_t cap = (size_t)h->len + (size_t)h->n * 4 + 256;
@@ -543,6 +594,8 @@ static char *build_response_head(struct hp_req *r, int st, const char *te, bool 
         const char *n = hp_hname(h, i);
         if (resp_hop_header(n, upgrade))
             continue;
+        if (te && strcasecmp(n, "content-length") == 0)
+            continue; /* never both framings */
         sb_add(&s, n, h->h[i].name_len);
         sb_str(&s, ": ");
         sb_add(&s, hp_hvalue(h, i), h->h[i].value_len);
@@ -554,7 +607,8 @@ static char *build_response_head(struct hp_req *r, int st, const char *te, bool 
         sb_str(&s, "\r\n");
     }
     sb_str(&s, upgrade ? "Connection: upgrade\r\n\r\n"
-                       : keep ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n");
+               : keep  ? "Connection: keep-alive\r\n\r\n"
+                       : "Connection: close\r\n\r\n");
     *out_len = s.len;
     return s.b;
 }
@@ -609,7 +663,7 @@ static void start_tunnel(struct hp_req *r, const char *rest, size_t restlen)
         return;
     c->state = CS_TUNNEL;
     uc->state = US_TUNNEL;
-    if (c->tcp.write_queue_size > HP_HIGH_WATER) {
+    if (c->wq > HP_HIGH_WATER) {
         uc_read(uc, false);
         uc->flags |= UF_PAUSED;
     }
@@ -633,6 +687,7 @@ static int response_head(struct hp_req *r, const char *rest, size_t restlen)
         return 0;
     }
     r->t_up_head = uv_hrtime();
+    r->up_last = st;
     upstream_report(r->up, r->node.index, st < 500,
                     (uint32_t)((r->t_up_head - r->t_try) / 1000000));
     char sb[16];
@@ -642,8 +697,8 @@ static int response_head(struct hp_req *r, const char *rest, size_t restlen)
     r->uhead = NULL;
     if (st == 101) {
         if (!(r->flags & RQ_WS)) {
-            log_warn("worker %d: upstream %s sent 101 to a request without upgrade",
-                     p->o.worker_id, r->node.addr);
+            log_warn("worker %d: upstream %s sent 101 to a request without upgrade", p->o.worker_id,
+                     r->node.addr);
             attempt_failed(r, 502, false, false);
             return -1;
         }
@@ -651,8 +706,8 @@ static int response_head(struct hp_req *r, const char *rest, size_t restlen)
         return -1;
     }
     if ((hp->flags & F_TRANSFER_ENCODING) && !(hp->flags & F_CHUNKED)) {
-        log_warn("worker %d: upstream %s sent an unsupported Transfer-Encoding",
-                 p->o.worker_id, r->node.addr);
+        log_warn("worker %d: upstream %s sent an unsupported Transfer-Encoding", p->o.worker_id,
+                 r->node.addr);
         attempt_failed(r, 502, false, false);
         return -1;
     }
@@ -694,10 +749,9 @@ static int response_head(struct hp_req *r, const char *rest, size_t restlen)
     r->status = st;
     r->flags |= RQ_RESP_STARTED;
     r->rphase = RP_BODY;
-    uv_buf_t b = uv_buf_init(head, (unsigned)hl);
-    bool ok = hp_client_send(c, &b, 1);
-    free(head);
-    return ok ? 0 : -1;
+    r->ohead = head; /* written with the first body bytes, or when this read ends */
+    r->ohead_len = hl;
+    return 0;
 }
 
 static void response_complete(struct hp_req *r)
@@ -707,13 +761,14 @@ static void response_complete(struct hp_req *r)
     r->flags |= RQ_RESP_DONE;
     if (r->mode == BM_CHUNK) {
         uv_buf_t b = uv_buf_init((char *)"0\r\n\r\n", 5);
-        if (!hp_client_send(c, &b, 1))
+        if (!resp_send(r, &b, 1))
             return;
+    } else if (!resp_flush(r)) {
+        return;
     }
     if (!(r->flags & RQ_BODY_DONE))
         r->flags |= RQ_CLOSE; /* answered before the whole body: no reuse */
-    bool reusable = (r->flags & RQ_UP_KEEP) && (r->flags & RQ_BODY_DONE) && uc &&
-                    uc->tcp.write_queue_size == 0;
+    bool reusable = (r->flags & RQ_UP_KEEP) && (r->flags & RQ_BODY_DONE) && uc && uc->wq == 0;
     hp_up_detach(r, reusable);
     hp_client_drive(c);
 }
@@ -725,8 +780,11 @@ static void resp_feed(struct hp_req *r, const char *data, size_t n)
     struct hp_client *c = r->c;
     const char *cur = data, *end = data + n;
     r->flags |= RQ_UP_BYTES;
-    while (cur < end) {
+    /* Runs until llhttp consumed everything: after a pause at a head with
+     * no body, a call with no bytes left still completes the message. */
+    for (;;) {
         r->rev = REV_NONE;
+        r->rhead.exec_start = cur;
         llhttp_errno_t e = llhttp_execute(&r->rparser, cur, (size_t)(end - cur));
         const char *pos = end;
         if (e != HPE_OK) {
@@ -736,7 +794,7 @@ static void resp_feed(struct hp_req *r, const char *data, size_t n)
         }
         if (r->rphase == RP_BODY && r->mode == BM_RAW && pos > cur && r->rev != REV_HEAD) {
             uv_buf_t b = uv_buf_init((char *)cur, (unsigned)(pos - cur));
-            if (!hp_client_send(c, &b, 1))
+            if (!resp_send(r, &b, 1))
                 return;
         }
         if (c->state == CS_CLOSING || r->uc != uc)
@@ -770,10 +828,13 @@ static void resp_feed(struct hp_req *r, const char *data, size_t n)
         }
         return;
     }
-    if (c->tcp.write_queue_size > HP_HIGH_WATER) {
+    if (!resp_flush(r))
+        return;
+    if (c->wq > HP_HIGH_WATER) {
         uc_read(uc, false);
         uc->flags |= UF_PAUSED;
     }
+    uc_quickack(uc);
     uc_rearm(uc);
 }
 
@@ -845,7 +906,7 @@ static void tunnel_from_upstream(struct hp_upconn *uc, ssize_t nread, const uv_b
     uv_buf_t b = uv_buf_init(buf->base, (unsigned)nread);
     if (!hp_client_send(c, &b, 1))
         return;
-    if (c->tcp.write_queue_size > HP_HIGH_WATER) {
+    if (c->wq > HP_HIGH_WATER) {
         uc_read(uc, false);
         uc->flags |= UF_PAUSED;
     }
@@ -892,7 +953,7 @@ static void up_write_cb(uv_write_t *w, int status)
         return;
     }
     uc_rearm(uc);
-    if (uc->tcp.write_queue_size <= HP_LOW_WATER)
+    if (uc->wq <= HP_LOW_WATER)
         hp_client_drive(r->c);
 }
 
@@ -945,7 +1006,7 @@ static int send_head(struct hp_req *r)
     r->flags &= ~(RQ_UP_BYTES | RQ_UP_KEEP | RQ_REQ_SENT | RQ_HEAD_QUEUED);
     uc->nreq++;
     uv_buf_t b = uv_buf_init(r->uhead, (unsigned)r->uhead_len);
-    int rc = hp_write(p, (uv_stream_t *)&uc->tcp, &b, 1, up_write_cb);
+    int rc = hp_write(p, (uv_stream_t *)&uc->tcp, &b, 1, up_write_cb, &uc->wq);
     if (rc < 0)
         return rc;
     r->flags |= RQ_HEAD_QUEUED;
@@ -1003,10 +1064,17 @@ static void resolve_cb(uv_getaddrinfo_t *gai, int status, struct addrinfo *res)
     struct hp_req *r = uc->req;
     int rc = status;
     if (rc == 0 && res) {
+        /* One address per attempt: IPv4 first ("localhost" resolves to ::1
+         * first on many hosts while services often listen on 127.0.0.1). */
+        const struct addrinfo *ai = res;
+        for (const struct addrinfo *a = res; a; a = a->ai_next)
+            if (a->ai_family == AF_INET) {
+                ai = a;
+                break;
+            }
         union hp_sockaddr sa;
         memset(&sa, 0, sizeof(sa));
-        memcpy(&sa, res->ai_addr,
-               res->ai_addrlen < sizeof(sa) ? res->ai_addrlen : sizeof(sa));
+        memcpy(&sa, ai->ai_addr, ai->ai_addrlen < sizeof(sa) ? ai->ai_addrlen : sizeof(sa));
         if (sa.sa.sa_family == AF_INET)
             sa.in4.sin_port = htons(r->node.port);
         else
@@ -1088,8 +1156,7 @@ static void attempt(struct hp_req *r)
         if (r->attempts > 0) {
             if (up->retries >= 0 && r->attempts > up->retries)
                 break;
-            if (up->retry_timeout_ms &&
-                uv_now(p->loop) - r->t_attempt_ms >= up->retry_timeout_ms)
+            if (up->retry_timeout_ms && uv_now(p->loop) - r->t_attempt_ms >= up->retry_timeout_ms)
                 break;
             if (r->attempts >= HP_MAX_ATTEMPTS)
                 break;
@@ -1134,15 +1201,14 @@ bool hp_up_writable(const struct hp_req *r)
 {
     const struct hp_upconn *uc = r->uc;
     return uc && (uc->state == US_ACTIVE || uc->state == US_TUNNEL) &&
-           (r->flags & RQ_HEAD_QUEUED) && !(uc->flags & UF_SHUT) &&
-           uc->tcp.write_queue_size <= HP_HIGH_WATER;
+           (r->flags & RQ_HEAD_QUEUED) && !(uc->flags & UF_SHUT) && uc->wq <= HP_HIGH_WATER;
 }
 
 bool hp_up_send(struct hp_req *r, const char *data, size_t n)
 {
     struct hp_upconn *uc = r->uc;
     uv_buf_t b = uv_buf_init((char *)data, (unsigned)n);
-    int rc = hp_write(uc->p, (uv_stream_t *)&uc->tcp, &b, 1, up_write_cb);
+    int rc = hp_write(uc->p, (uv_stream_t *)&uc->tcp, &b, 1, up_write_cb, &uc->wq);
     if (rc < 0) {
         if (uc->state == US_TUNNEL || (r->flags & RQ_RESP_STARTED))
             hp_client_close(r->c);

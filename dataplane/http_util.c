@@ -91,8 +91,12 @@ int hp_head_add(struct hp_head *h, int part, const char *at, size_t len)
                 return HP_HEAD_BAD;
         h->h[h->n - 1].name_len += (uint32_t)len;
     } else if (part == HP_PART_VALUE) {
-        /* A value piece after the value ended is an obs-fold line: refused. */
+        /* llhttp hands an obs-fold continuation over as a second piece of
+         * the value within one buffer (a value split by a read boundary
+         * starts a new buffer): refused, as nginx does. */
         if (h->n == 0 || h->part != HP_PART_VALUE)
+            return HP_HEAD_BAD;
+        if (h->vpieces++ > 0 && at != h->exec_start)
             return HP_HEAD_BAD;
         for (size_t i = 0; i < len; i++) {
             unsigned char ch = (unsigned char)at[i];
@@ -126,15 +130,15 @@ int hp_head_end(struct hp_head *h, int part)
         /* The value starts here even when llhttp reports no value bytes. */
         h->h[h->n - 1].value = h->len;
         h->part = HP_PART_VALUE;
+        h->vpieces = 0;
         h->h[h->n - 1].value_len = 0;
         /* Mark that no value byte was appended yet: part VALUE with len 0. */
     } else if (part == HP_PART_VALUE) {
         if (h->n == 0)
             return HP_HEAD_BAD;
         struct hp_hdr *e = &h->h[h->n - 1];
-        while (e->value_len &&
-               (h->buf[e->value + e->value_len - 1] == ' ' ||
-                h->buf[e->value + e->value_len - 1] == '\t'))
+        while (e->value_len && (h->buf[e->value + e->value_len - 1] == ' ' ||
+                                h->buf[e->value + e->value_len - 1] == '\t'))
             e->value_len--;
         h->len = e->value + e->value_len;
         h->buf[h->len++] = '\0';
@@ -310,8 +314,7 @@ static bool var_name_eq(const char *hname, const char *var)
     return *hname == '\0' && *var == '\0';
 }
 
-static const char *find_pair(const char *s, size_t len, const char *name, char sep,
-                             size_t *vlen)
+static const char *find_pair(const char *s, size_t len, const char *name, char sep, size_t *vlen)
 {
     size_t nl = strlen(name);
     size_t i = 0;
@@ -379,7 +382,7 @@ const char *hp_req_var(void *ud, const char *name, size_t *len)
         vl = v ? strlen(v) : 0;
     } else if (strcmp(name, "remote_port") == 0) {
         unsigned port = c->peer.sa.sa_family == AF_INET6 ? ntohs(c->peer.in6.sin6_port)
-                                                          : ntohs(c->peer.in4.sin_port);
+                                                         : ntohs(c->peer.in4.sin_port);
         snprintf(tmp, sizeof(tmp), "%u", port);
         v = hp_scratch_strndup(r, tmp, strlen(tmp));
         vl = v ? strlen(v) : 0;
@@ -413,8 +416,8 @@ const char *hp_req_var(void *ud, const char *name, size_t *len)
     } else if (strncmp(name, "cookie_", 7) == 0) {
         for (int i = hp_hfind(&r->head, "cookie", 0); i >= 0 && !v;
              i = hp_hfind(&r->head, "cookie", (uint32_t)i + 1)) {
-            v = find_pair(hp_hvalue(&r->head, (uint32_t)i), r->head.h[i].value_len, name + 7,
-                          ';', &vl);
+            v = find_pair(hp_hvalue(&r->head, (uint32_t)i), r->head.h[i].value_len, name + 7, ';',
+                          &vl);
             if (v)
                 v = hp_scratch_strndup(r, v, vl);
         }
@@ -429,32 +432,58 @@ const char *hp_req_var(void *ud, const char *name, size_t *len)
 const char *hp_status_reason(int s)
 {
     switch (s) {
-    case 100: return "Continue";
-    case 101: return "Switching Protocols";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 204: return "No Content";
-    case 206: return "Partial Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 304: return "Not Modified";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Not Allowed";
-    case 408: return "Request Time-out";
-    case 413: return "Request Entity Too Large";
-    case 414: return "Request-URI Too Large";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Temporarily Unavailable";
-    case 504: return "Gateway Time-out";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Unknown";
+    case 100:
+        return "Continue";
+    case 101:
+        return "Switching Protocols";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 204:
+        return "No Content";
+    case 206:
+        return "Partial Content";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 304:
+        return "Not Modified";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Not Allowed";
+    case 408:
+        return "Request Time-out";
+    case 413:
+        return "Request Entity Too Large";
+    case 414:
+        return "Request-URI Too Large";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Temporarily Unavailable";
+    case 504:
+        return "Gateway Time-out";
+    case 505:
+        return "HTTP Version Not Supported";
+    default:
+        return "Unknown";
     }
 }
 
@@ -505,8 +534,7 @@ char *hp_local_response(struct http_proxy *p, int status, const char *json_msg, 
     int hl = snprintf(out, cap,
                       "HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
                       "Connection: %s\r\nServer: airgw\r\n\r\n",
-                      status, reason, p->date_http, ctype, bl,
-                      keepalive ? "keep-alive" : "close");
+                      status, reason, p->date_http, ctype, bl, keepalive ? "keep-alive" : "close");
     if (hl < 0 || (size_t)hl + (size_t)bl >= cap) {
         free(out);
         return NULL;
@@ -661,8 +689,9 @@ void hp_access_log(struct http_proxy *p, const struct hp_req *r)
 /* ---- writes ---- */
 
 struct hp_wreq {
-    uv_write_t w; /* w.data = the stream's owner */
-    size_t len;   /* bytes in data */
+    uv_write_t w;   /* w.data = the stream's owner */
+    size_t len;     /* bytes in data */
+    uint32_t *held; /* the owner's count of held bytes */
     char data[];
 };
 
@@ -673,8 +702,8 @@ void hp_buffered_add(struct http_proxy *p, int64_t delta)
         p->st.buffered_bytes_peak = p->st.buffered_bytes;
 }
 
-int hp_write(struct http_proxy *p, uv_stream_t *s, const uv_buf_t *bufs, unsigned n,
-             uv_write_cb cb)
+int hp_write(struct http_proxy *p, uv_stream_t *s, const uv_buf_t *bufs, unsigned n, uv_write_cb cb,
+             uint32_t *held)
 {
     size_t total = 0, done = 0;
     for (unsigned i = 0; i < n; i++)
@@ -712,6 +741,8 @@ int hp_write(struct http_proxy *p, uv_stream_t *s, const uv_buf_t *bufs, unsigne
         free(wr);
         return r;
     }
+    wr->held = held;
+    *held += (uint32_t)rest;
     hp_buffered_add(p, (int64_t)rest);
     return 0;
 }
@@ -719,6 +750,7 @@ int hp_write(struct http_proxy *p, uv_stream_t *s, const uv_buf_t *bufs, unsigne
 void hp_write_done(struct http_proxy *p, uv_write_t *w)
 {
     struct hp_wreq *wr = (struct hp_wreq *)w;
+    *wr->held -= (uint32_t)wr->len;
     hp_buffered_add(p, -(int64_t)wr->len);
     free(wr);
 }
