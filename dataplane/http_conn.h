@@ -144,6 +144,8 @@ struct hp_req {
     struct hp_head head;              /* URL and headers */
     struct snapshot *snap;            /* our reference, or NULL before routing */
     const struct route_rt *route;     /* matched route, or NULL */
+    const char *matched_uri;          /* its uri pattern (owned by the snapshot) */
+    const char *matched_host;         /* its host pattern, or NULL */
     struct upstream_rt *up;           /* route->up while proxying */
     struct hp_scratch *scratch;       /* strings made for routing and variables */
     const char *method;               /* "GET" (static) */

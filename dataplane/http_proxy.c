@@ -306,6 +306,8 @@ static void req_finish(struct hp_client *c)
                 .node_host = r->attempts ? r->node.host : NULL,
                 .node_port = r->attempts ? r->node.port : 0,
                 .upstream_status = r->up_last,
+                .matched_uri = r->route ? r->matched_uri : NULL,
+                .matched_host = r->route ? r->matched_host : NULL,
             };
             p->o.on_request_info(p->o.hook_ud, &info);
         }
@@ -667,7 +669,7 @@ static void req_start(struct hp_client *c)
         .var = hp_req_var,
         .var_ud = r,
     };
-    r->route = snapshot_match(r->snap, &rq);
+    r->route = snapshot_match_ex(r->snap, &rq, &r->matched_uri, &r->matched_host);
     if (!r->route) {
         answer_local(c, 404, "404 Route Not Found", false);
         return;

@@ -96,6 +96,8 @@ struct http_request_info {
     const char *node_host;        /* node of the last upstream attempt, as configured */
     uint16_t node_port;           /* its port */
     int upstream_status;          /* the last upstream status, 0 when none answered */
+    const char *matched_uri;      /* the route uri pattern that matched, or NULL */
+    const char *matched_host;     /* the route host pattern that matched, or NULL */
 };
 
 typedef void (*http_proxy_request_info_fn)(void *ud, const struct http_request_info *info);

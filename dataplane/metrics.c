@@ -14,6 +14,9 @@
 
 #define METRICS_MAGIC 0x61697267u /* "airg" */
 #define ROUTE_MAX 80
+#define URI_MAX 128
+#define HOST_MAX 128
+#define NODE_MAX 64
 
 static const uint32_t bucket_ms[METRICS_BUCKETS] = {1,   2,    5,    10,   20,    50,   100, 200,
                                                      500, 1000, 2000, 5000, 10000, 30000, 60000};
@@ -24,6 +27,9 @@ struct series {
     _Atomic uint32_t state;          /* SERIES_* */
     uint16_t status;                 /* HTTP status */
     char route[ROUTE_MAX];           /* route id, "" for no route / overflow */
+    char uri[URI_MAX];               /* matched_uri */
+    char host[HOST_MAX];             /* matched_host */
+    char node[NODE_MAX];             /* upstream node host */
     _Atomic uint64_t count;          /* requests */
     _Atomic uint64_t bytes_in;       /* bytes from clients */
     _Atomic uint64_t bytes_out;      /* bytes to clients */
@@ -127,18 +133,37 @@ void metrics_worker_gone(struct metrics *m, int worker)
         atomic_store(&m->shm->workers[worker].active, 0);
 }
 
-static uint64_t hash(const char *s, int status)
+static const char *nz(const char *s)
+{
+    return s ? s : "";
+}
+
+static uint64_t hash(const struct metrics_labels *l, int status)
 {
     uint64_t h = 1469598103934665603ull ^ (uint64_t)status;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    const char *parts[4] = {nz(l->route), nz(l->matched_uri), nz(l->matched_host), nz(l->node)};
+    for (int i = 0; i < 4; i++) {
+        for (const char *s = parts[i]; *s; s++)
+            h = (h ^ (unsigned char)*s) * 1099511628211ull;
+        h = (h ^ 0xff) * 1099511628211ull;
+    }
     return h;
 }
 
-/* Finds or claims the series of (route, status). NULL when full. */
-static struct series *find(struct shm *shm, const char *route, int status)
+/* Labels are stored truncated; comparing the truncated forms keeps one
+ * series per truncated key. */
+static int same(const struct series *s, const struct metrics_labels *l, int status)
 {
-    uint64_t h = hash(route, status);
+    return s->status == status && strncmp(s->route, nz(l->route), ROUTE_MAX - 1) == 0 &&
+           strncmp(s->uri, nz(l->matched_uri), URI_MAX - 1) == 0 &&
+           strncmp(s->host, nz(l->matched_host), HOST_MAX - 1) == 0 &&
+           strncmp(s->node, nz(l->node), NODE_MAX - 1) == 0;
+}
+
+/* Finds or claims the series of (labels, status). NULL when full. */
+static struct series *find(struct shm *shm, const struct metrics_labels *l, int status)
+{
+    uint64_t h = hash(l, status);
     for (uint32_t probe = 0; probe < METRICS_SERIES; probe++) {
         struct series *s = &shm->series[(h + probe) % METRICS_SERIES];
         uint32_t st = atomic_load_explicit(&s->state, memory_order_acquire);
@@ -146,7 +171,10 @@ static struct series *find(struct shm *shm, const char *route, int status)
             uint32_t expect = SERIES_EMPTY;
             if (atomic_compare_exchange_strong(&s->state, &expect, SERIES_CLAIMED)) {
                 s->status = (uint16_t)status;
-                snprintf(s->route, sizeof(s->route), "%s", route);
+                snprintf(s->route, sizeof(s->route), "%s", nz(l->route));
+                snprintf(s->uri, sizeof(s->uri), "%s", nz(l->matched_uri));
+                snprintf(s->host, sizeof(s->host), "%s", nz(l->matched_host));
+                snprintf(s->node, sizeof(s->node), "%s", nz(l->node));
                 atomic_store_explicit(&s->state, SERIES_READY, memory_order_release);
                 return s;
             }
@@ -155,7 +183,7 @@ static struct series *find(struct shm *shm, const char *route, int status)
         /* Another writer is filling it in: wait for the key (a few stores). */
         while (st == SERIES_CLAIMED)
             st = atomic_load_explicit(&s->state, memory_order_acquire);
-        if (s->status == status && strncmp(s->route, route, ROUTE_MAX - 1) == 0)
+        if (same(s, l, status))
             return s;
     }
     return NULL;
@@ -169,15 +197,17 @@ static int bucket_of(uint64_t us)
     return -1; /* only +Inf */
 }
 
-void metrics_observe(struct metrics *m, const char *route, int status, uint64_t latency_us,
-                     uint64_t upstream_latency_us, uint64_t bytes_in, uint64_t bytes_out)
+void metrics_observe(struct metrics *m, const struct metrics_labels *l, int status,
+                     uint64_t latency_us, uint64_t upstream_latency_us, uint64_t bytes_in,
+                     uint64_t bytes_out)
 {
     if (!m)
         return;
-    struct series *s = find(m->shm, route ? route : "", status);
+    struct series *s = find(m->shm, l, status);
     if (!s) {
+        static const struct metrics_labels none = {0};
         atomic_fetch_add_explicit(&m->shm->overflow, 1, memory_order_relaxed);
-        s = find(m->shm, "", status);
+        s = find(m->shm, &none, status);
         if (!s)
             return;
     }
@@ -234,7 +264,20 @@ static void put(struct out *o, const char *fmt, ...)
     }
 }
 
-/* Route ids are [a-zA-Z0-9-_.]: nothing to escape in a label value. */
+/* Route ids are [a-zA-Z0-9-_.] and node hosts are names or addresses:
+ * nothing to escape there. Uri and host patterns may hold '"' or '\\'. */
+static const char *escape(const char *in, char *out, size_t len)
+{
+    size_t o = 0;
+    for (; *in && o + 2 < len; in++) {
+        if (*in == '"' || *in == '\\')
+            out[o++] = '\\';
+        out[o++] = *in == '\n' ? ' ' : *in;
+    }
+    out[o] = '\0';
+    return out;
+}
+
 static void histogram(struct out *o, const char *type, const struct series *s,
                       const _Atomic uint64_t *b, uint64_t count, uint64_t sum_us)
 {
@@ -294,9 +337,11 @@ char *metrics_render(const struct metrics *m, const char *node_id, int64_t confi
         const struct series *s = &shm->series[i];
         if (atomic_load_explicit(&s->state, memory_order_acquire) != SERIES_READY)
             continue;
-        put(&o, "apisix_http_status{code=\"%u\",route=\"%s\",matched_uri=\"\",matched_host=\"\","
-                "service=\"\",consumer=\"\",node=\"\"} %llu\n",
-            s->status, s->route,
+        char uri[2 * URI_MAX], host[2 * HOST_MAX];
+        put(&o, "apisix_http_status{code=\"%u\",route=\"%s\",matched_uri=\"%s\",matched_host=\"%s\","
+                "service=\"\",consumer=\"\",node=\"%s\"} %llu\n",
+            s->status, s->route, escape(s->uri, uri, sizeof(uri)),
+            escape(s->host, host, sizeof(host)), s->node,
             (unsigned long long)atomic_load_explicit(&s->count, memory_order_relaxed));
     }
     put(&o, "# HELP apisix_bandwidth Total bandwidth in bytes per route\n"

@@ -37,8 +37,18 @@ void metrics_free(struct metrics *m);
 /* Worker side. */
 void metrics_worker_conns(struct metrics *m, int worker, uint64_t active, uint64_t accepted,
                           uint64_t handled);
-void metrics_observe(struct metrics *m, const char *route, int status, uint64_t latency_us,
-                     uint64_t upstream_latency_us, uint64_t bytes_in, uint64_t bytes_out);
+/* The labels of one series, as APISIX's: route id, the route uri and host
+ * patterns that matched, the upstream node's host. NULL means "". */
+struct metrics_labels {
+    const char *route;
+    const char *matched_uri;
+    const char *matched_host;
+    const char *node;
+};
+
+void metrics_observe(struct metrics *m, const struct metrics_labels *l, int status,
+                     uint64_t latency_us, uint64_t upstream_latency_us, uint64_t bytes_in,
+                     uint64_t bytes_out);
 
 /* Master side: the exposition text (malloc'd, caller frees). */
 char *metrics_render(const struct metrics *m, const char *node_id, int64_t config_revision,

@@ -345,6 +345,12 @@ void snapshot_unref(struct snapshot *s)
 
 const struct route_rt *snapshot_match(const struct snapshot *s, const struct route_query *q)
 {
+    return snapshot_match_ex(s, q, NULL, NULL);
+}
+
+const struct route_rt *snapshot_match_ex(const struct snapshot *s, const struct route_query *q,
+                                         const char **matched_uri, const char **matched_host)
+{
     struct router_req req;
     router_req_init(&req, q->method, q->host, NULL);
     req.path = q->path;
@@ -352,7 +358,14 @@ const struct route_rt *snapshot_match(const struct snapshot *s, const struct rou
     req.remote = q->remote;
     req.var = q->var;
     req.ud = q->var_ud;
-    return router_match(s->router, &req);
+    struct router_match m;
+    if (router_match_ex(s->router, &req, &m) < 0)
+        return NULL;
+    if (matched_uri)
+        *matched_uri = m.uri;
+    if (matched_host)
+        *matched_host = m.host;
+    return m.payload;
 }
 
 /* Copies the shared verdicts into the balancer when they changed. */

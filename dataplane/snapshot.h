@@ -121,6 +121,13 @@ void snapshot_unref(struct snapshot *s);
 /* Finds the route for a request, or NULL (404). */
 const struct route_rt *snapshot_match(const struct snapshot *s, const struct route_query *q);
 
+/* As snapshot_match, also giving the route uri and host patterns that
+ * selected it (e.g. "/api/" followed by a star, "*.example.com"; host NULL when
+ * the route has none).
+ * They stay valid as long as the snapshot. */
+const struct route_rt *snapshot_match_ex(const struct snapshot *s, const struct route_query *q,
+                                         const char **matched_uri, const char **matched_host);
+
 /* Picks a node of up for one attempt. key is the chash key (NULL for other
  * balancer types; the caller computes it with snapshot_hash_key). tried has
  * bit i set for nodes already tried by this request. Returns 0, or -EAGAIN

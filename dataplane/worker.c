@@ -178,12 +178,17 @@ static void on_chan_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         rebuild(w);
 }
 
-static void request_done(void *ud, const struct route_rt *route, int status, uint64_t latency_us,
-                         uint64_t upstream_latency_us, uint64_t bytes_in, uint64_t bytes_out)
+static void request_done(void *ud, const struct http_request_info *i)
 {
     struct worker *w = ud;
-    metrics_observe(w->metrics, route ? route->id : "", status, latency_us, upstream_latency_us,
-                    bytes_in, bytes_out);
+    struct metrics_labels l = {
+        .route = i->route ? i->route->id : NULL,
+        .matched_uri = i->matched_uri,
+        .matched_host = i->matched_host,
+        .node = i->node_host,
+    };
+    metrics_observe(w->metrics, &l, i->status, i->latency_us, i->upstream_latency_us,
+                    i->bytes_in, i->bytes_out);
 }
 
 static void publish_gauges(uv_timer_t *t)
@@ -262,7 +267,7 @@ int worker_main(int argc, char **argv)
     po.access_log = w->access_log_fd;
     po.access_log_format = w->s.access_log_json ? HTTP_LOG_JSON : HTTP_LOG_COMBINED;
     po.worker_id = w->s.worker_index;
-    po.on_request_done = request_done;
+    po.on_request_info = request_done;
     po.hook_ud = w;
     int exit_code = 0;
     for (int i = 0; i < nfds; i++) {

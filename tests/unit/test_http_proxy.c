@@ -77,6 +77,16 @@ void snapshot_unref(struct snapshot *s)
     s->refs--;
 }
 
+const struct route_rt *snapshot_match_ex(const struct snapshot *s, const struct route_query *q,
+                                         const char **mu, const char **mh)
+{
+    if (mu)
+        *mu = NULL;
+    if (mh)
+        *mh = NULL;
+    return snapshot_match(s, q);
+}
+
 const struct route_rt *snapshot_match(const struct snapshot *s, const struct route_query *q)
 {
     (void)s;
