@@ -36,6 +36,9 @@ struct worker {
     struct snapshot *snap;           /* what new requests are served with (one ref) */
     struct http_proxy *proxies[DP_MAX_LISTEN]; /* one per inherited listener */
     size_t nproxies;
+    int nfds;                        /* inherited listeners (fds 4..) */
+    int serving;                     /* proxies started: a first snapshot is compiled */
+    struct http_proxy_opts po;       /* their options */
     int draining_left;               /* proxies still draining */
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t drain_timer;          /* bounds a drain */
@@ -54,6 +57,25 @@ static struct snapshot *current_snapshot(void *ud)
     return w->snap;
 }
 
+/* Accepting starts only once the master's first snapshot is compiled: until
+ * then connections wait in the listen queue (an older worker on the same
+ * socket keeps taking them), so nobody gets a 404 from a worker that does
+ * not know the routes yet. */
+static void start_serving(struct worker *w)
+{
+    char err[256];
+    w->serving = 1;
+    for (int i = 0; i < w->nfds; i++) {
+        struct http_proxy *p = http_proxy_start(&w->loop, FIRST_LISTEN_FD + i, &w->po,
+                                                current_snapshot, w, err, sizeof(err));
+        if (!p) {
+            log_error("cannot serve listener %d: %s", i, err);
+            continue;
+        }
+        w->proxies[w->nproxies++] = p;
+    }
+}
+
 /* Compiles the current resources and swaps the snapshot in; requests in
  * flight keep theirs. */
 static void rebuild(struct worker *w)
@@ -69,6 +91,8 @@ static void rebuild(struct worker *w)
     if (old)
         snapshot_unref(old);
     log_debug("serving revision %lld (%zu routes)", (long long)s->revision, s->nroutes);
+    if (!w->serving && !w->stopping)
+        start_serving(w);
     char *buf;
     size_t len;
     if (cfgs_encode_rev(CFGS_ACK, s->revision, &buf, &len) == 0)
@@ -254,34 +278,25 @@ int worker_main(int argc, char **argv)
     int nfds = nfds_s ? atoi(nfds_s) : 0;
     if (nfds < 0 || nfds > DP_MAX_LISTEN)
         nfds = 0;
-    struct http_proxy_opts po;
-    http_proxy_opts_init(&po);
-    po.max_header_bytes = w->s.limits.max_header_bytes;
-    po.max_headers = w->s.limits.max_headers;
-    po.max_body_bytes = w->s.limits.max_body_bytes;
-    po.client_header_timeout_ms = w->s.limits.client_header_timeout_ms;
-    po.client_body_timeout_ms = w->s.limits.client_body_timeout_ms;
-    po.keepalive_timeout_ms = w->s.limits.keepalive_timeout_ms;
-    po.send_timeout_ms = w->s.limits.send_timeout_ms;
-    po.max_connections = w->s.limits.max_connections;
-    po.access_log = w->access_log_fd;
-    po.access_log_format = w->s.access_log_json ? HTTP_LOG_JSON : HTTP_LOG_COMBINED;
-    po.worker_id = w->s.worker_index;
-    po.on_request_info = request_done;
-    po.hook_ud = w;
+    w->nfds = nfds;
+    for (int i = 0; i < nfds; i++)
+        fcntl(FIRST_LISTEN_FD + i, F_SETFD, FD_CLOEXEC);
+    struct http_proxy_opts *po = &w->po;
+    http_proxy_opts_init(po);
+    po->max_header_bytes = w->s.limits.max_header_bytes;
+    po->max_headers = w->s.limits.max_headers;
+    po->max_body_bytes = w->s.limits.max_body_bytes;
+    po->client_header_timeout_ms = w->s.limits.client_header_timeout_ms;
+    po->client_body_timeout_ms = w->s.limits.client_body_timeout_ms;
+    po->keepalive_timeout_ms = w->s.limits.keepalive_timeout_ms;
+    po->send_timeout_ms = w->s.limits.send_timeout_ms;
+    po->max_connections = w->s.limits.max_connections;
+    po->access_log = w->access_log_fd;
+    po->access_log_format = w->s.access_log_json ? HTTP_LOG_JSON : HTTP_LOG_COMBINED;
+    po->worker_id = w->s.worker_index;
+    po->on_request_info = request_done;
+    po->hook_ud = w;
     int exit_code = 0;
-    for (int i = 0; i < nfds; i++) {
-        int fd = FIRST_LISTEN_FD + i;
-        fcntl(fd, F_SETFD, FD_CLOEXEC);
-        struct http_proxy *p =
-            http_proxy_start(&w->loop, fd, &po, current_snapshot, w, err, sizeof(err));
-        if (!p) {
-            log_error("cannot serve listener %d: %s", i, err);
-            exit_code = 1;
-            continue;
-        }
-        w->proxies[w->nproxies++] = p;
-    }
 
     uv_pipe_init(&w->loop, &w->chan, 0);
     w->chan.data = w;
@@ -300,8 +315,6 @@ int worker_main(int argc, char **argv)
     uv_timer_init(&w->loop, &w->gauge_timer);
     w->gauge_timer.data = w;
     uv_timer_start(&w->gauge_timer, publish_gauges, 200, 1000);
-    if (exit_code)
-        drain(w, "startup failed");
 
     uv_run(&w->loop, UV_RUN_DEFAULT);
     if (uv_loop_close(&w->loop) != 0)

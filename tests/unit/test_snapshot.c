@@ -1,0 +1,228 @@
+/*
+ * test_snapshot: compiling a configuration revision (dataplane/snapshot.c):
+ * APISIX's merge of a route with its service and plugin_config, upstream
+ * choice and sharing, timeouts, chash keys, and resilience to resources a
+ * worker cannot compile.
+ */
+#include <jansson.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "check.h"
+#include "snapshot.h"
+
+static json_t *res(const char *text)
+{
+    json_error_t e;
+    json_t *j = json_loads(text, 0, &e);
+    if (!j)
+        fprintf(stderr, "bad test JSON: %s\n", e.text);
+    return j;
+}
+
+static const char *var(void *ud, const char *name, size_t *len)
+{
+    const char **kv = ud;
+    for (; kv[0]; kv += 2)
+        if (strcmp(kv[0], name) == 0) {
+            *len = strlen(kv[1]);
+            return kv[1];
+        }
+    return NULL;
+}
+
+static const struct route_rt *match(struct snapshot *s, const char *method, const char *host,
+                                    const char *path, const char **vars)
+{
+    struct route_query q = {.method = method,
+                            .host = host,
+                            .path = path,
+                            .path_len = strlen(path),
+                            .var = var,
+                            .var_ud = vars};
+    return snapshot_match(s, &q);
+}
+
+static const char *novars[] = {NULL};
+
+static void test_route_plugins_merge_over_service_and_plugin_config(void)
+{
+    json_t *r = res("{"
+                    "\"/apisix/upstreams/u1\":{\"nodes\":{\"127.0.0.1:1\":1},\"type\":\"roundrobin\"},"
+                    "\"/apisix/services/s1\":{\"upstream_id\":\"u1\",\"hosts\":[\"svc.test\"],"
+                    "  \"plugins\":{\"limit-count\":{\"count\":1},\"cors\":{\"from\":\"service\"}}},"
+                    "\"/apisix/plugin_configs/p1\":{\"plugins\":{\"proxy-rewrite\":{\"uri\":\"/pc\"},"
+                    "  \"cors\":{\"from\":\"plugin_config\"}}},"
+                    "\"/apisix/routes/r1\":{\"uri\":\"/a\",\"service_id\":\"s1\",\"plugin_config_id\":\"p1\","
+                    "  \"plugins\":{\"cors\":{\"from\":\"route\"}}}}");
+    REQUIRE(r);
+    struct snapshot *s = snapshot_build(r, 7);
+    json_decref(r);
+    REQUIRE(s);
+    CHECK(s->revision == 7);
+    const struct route_rt *rt = match(s, "GET", "svc.test", "/a", novars);
+    REQUIRE(rt);
+    CHECK_STREQ(rt->id, "r1");
+    /* The route wins over the plugin config, which wins over the service. */
+    CHECK_STREQ(json_string_value(json_object_get(json_object_get(rt->plugins, "cors"), "from")),
+                "route");
+    CHECK(json_object_get(rt->plugins, "limit-count") != NULL);
+    CHECK(json_object_get(rt->plugins, "proxy-rewrite") != NULL);
+    /* Hosts and upstream come from the service. */
+    REQUIRE(rt->up);
+    CHECK_STREQ(rt->up->id, "u1");
+    CHECK(match(s, "GET", "other.test", "/a", novars) == NULL);
+    snapshot_unref(s);
+}
+
+static void test_route_fields_win_over_service(void)
+{
+    json_t *r = res("{"
+                    "\"/apisix/services/s1\":{\"upstream\":{\"nodes\":{\"127.0.0.1:2\":1}},"
+                    "  \"hosts\":[\"svc.test\"],\"enable_websocket\":true},"
+                    "\"/apisix/routes/r1\":{\"uri\":\"/a\",\"service_id\":\"s1\",\"host\":\"own.test\","
+                    "  \"upstream\":{\"nodes\":{\"127.0.0.1:3\":1}}},"
+                    "\"/apisix/routes/r2\":{\"uri\":\"/b\",\"service_id\":\"s1\"}}");
+    struct snapshot *s = snapshot_build(r, 1);
+    json_decref(r);
+    REQUIRE(s);
+    const struct route_rt *a = match(s, "GET", "own.test", "/a", novars);
+    REQUIRE(a);
+    REQUIRE(a->up);
+    struct upstream_node n;
+    REQUIRE(upstream_pick(a->up, NULL, 0, NULL, &n) == 0);
+    CHECK(n.port == 3);
+    CHECK(a->enable_websocket); /* taken from the service when the route has none */
+    CHECK(match(s, "GET", "svc.test", "/a", novars) == NULL);
+    const struct route_rt *b = match(s, "GET", "svc.test", "/b", novars);
+    REQUIRE(b);
+    REQUIRE(upstream_pick(b->up, NULL, 0, NULL, &n) == 0);
+    CHECK(n.port == 2); /* the service's inline upstream */
+    snapshot_unref(s);
+}
+
+static void test_shared_upstream_is_one_balancer(void)
+{
+    json_t *r = res("{"
+                    "\"/apisix/upstreams/1\":{\"nodes\":{\"127.0.0.1:1\":1,\"127.0.0.1:2\":1}},"
+                    "\"/apisix/routes/a\":{\"uri\":\"/a\",\"upstream_id\":\"1\"},"
+                    "\"/apisix/routes/b\":{\"uri\":\"/b\",\"upstream_id\":1}}");
+    struct snapshot *s = snapshot_build(r, 1);
+    json_decref(r);
+    REQUIRE(s);
+    const struct route_rt *a = match(s, "GET", NULL, "/a", novars);
+    const struct route_rt *b = match(s, "GET", NULL, "/b", novars);
+    REQUIRE(a && b);
+    CHECK(a->up == b->up); /* round robin state is shared across routes, as nginx */
+    struct upstream_node n1, n2;
+    REQUIRE(upstream_pick(a->up, NULL, 0, NULL, &n1) == 0);
+    REQUIRE(upstream_pick(b->up, NULL, 0, NULL, &n2) == 0);
+    CHECK(n1.port != n2.port);
+    snapshot_unref(s);
+}
+
+static void test_timeouts_route_over_upstream_over_default(void)
+{
+    json_t *r = res("{"
+                    "\"/apisix/upstreams/1\":{\"nodes\":{\"127.0.0.1:1\":1},"
+                    "  \"timeout\":{\"connect\":2,\"send\":3,\"read\":4}},"
+                    "\"/apisix/routes/a\":{\"uri\":\"/a\",\"upstream_id\":\"1\",\"timeout\":{\"read\":0.5}},"
+                    "\"/apisix/routes/b\":{\"uri\":\"/b\",\"upstream\":{\"nodes\":{\"127.0.0.1:1\":1}}}}");
+    struct snapshot *s = snapshot_build(r, 1);
+    json_decref(r);
+    REQUIRE(s);
+    const struct route_rt *a = match(s, "GET", NULL, "/a", novars);
+    const struct route_rt *b = match(s, "GET", NULL, "/b", novars);
+    REQUIRE(a && b);
+    CHECK(a->timeout.connect_ms == 2000);
+    CHECK(a->timeout.send_ms == 3000);
+    CHECK(a->timeout.read_ms == 500);
+    CHECK(b->timeout.connect_ms == 60000 && b->timeout.read_ms == 60000);
+    snapshot_unref(s);
+}
+
+static void test_chash_keys(void)
+{
+    json_t *r = res("{"
+                    "\"/apisix/routes/v\":{\"uri\":\"/v\",\"upstream\":{\"type\":\"chash\",\"key\":\"arg_device\","
+                    "  \"nodes\":{\"127.0.0.1:1\":1}}},"
+                    "\"/apisix/routes/h\":{\"uri\":\"/h\",\"upstream\":{\"type\":\"chash\",\"hash_on\":\"header\","
+                    "  \"key\":\"X-Device\",\"nodes\":{\"127.0.0.1:1\":1}}},"
+                    "\"/apisix/routes/c\":{\"uri\":\"/c\",\"upstream\":{\"type\":\"chash\","
+                    "  \"hash_on\":\"vars_combinations\",\"key\":\"$host-$arg_device\","
+                    "  \"nodes\":{\"127.0.0.1:1\":1}}}}");
+    struct snapshot *s = snapshot_build(r, 1);
+    json_decref(r);
+    REQUIRE(s);
+    const char *vars[] = {"arg_device", "d42", "http_x_device", "hdr7", "host", "h.test",
+                          "remote_addr", "10.1.2.3", NULL};
+    struct route_query q = {.method = "GET", .path = "/v", .path_len = 2, .var = var,
+                            .var_ud = vars};
+    char buf[128];
+    const struct route_rt *v = snapshot_match(s, &q);
+    REQUIRE(v);
+    size_t n = snapshot_hash_key(v->up, &q, buf, sizeof(buf));
+    CHECK(n == 3 && memcmp(buf, "d42", 3) == 0);
+    q.path = "/h";
+    const struct route_rt *h = snapshot_match(s, &q);
+    REQUIRE(h);
+    n = snapshot_hash_key(h->up, &q, buf, sizeof(buf));
+    CHECK(n == 4 && memcmp(buf, "hdr7", 4) == 0);
+    q.path = "/c";
+    const struct route_rt *c = snapshot_match(s, &q);
+    REQUIRE(c);
+    n = snapshot_hash_key(c->up, &q, buf, sizeof(buf));
+    buf[n] = '\0';
+    CHECK_STREQ(buf, "h.test-d42");
+    /* An empty key falls back to remote_addr, as APISIX. */
+    const char *none[] = {"remote_addr", "10.1.2.3", NULL};
+    q.var_ud = none;
+    q.path = "/v";
+    n = snapshot_hash_key(v->up, &q, buf, sizeof(buf));
+    buf[n] = '\0';
+    CHECK_STREQ(buf, "10.1.2.3");
+    snapshot_unref(s);
+}
+
+static void test_bad_resources_are_skipped_not_fatal(void)
+{
+    /* A worker must serve what it can: one route it cannot compile (a route
+     * without uri, an upstream with a bad node) does not take the others down. */
+    json_t *r = res("{"
+                    "\"/apisix/upstreams/bad\":{\"nodes\":{\"not an address\":1}},"
+                    "\"/apisix/routes/bad\":{\"upstream_id\":\"bad\"},"
+                    "\"/apisix/routes/dangling\":{\"uri\":\"/d\",\"upstream_id\":\"missing\"},"
+                    "\"/apisix/routes/ok\":{\"uri\":\"/ok\",\"upstream\":{\"nodes\":{\"127.0.0.1:1\":1}}}}");
+    struct snapshot *s = snapshot_build(r, 3);
+    json_decref(r);
+    REQUIRE(s);
+    CHECK(match(s, "GET", NULL, "/ok", novars) != NULL);
+    const struct route_rt *d = match(s, "GET", NULL, "/d", novars);
+    CHECK(d != NULL && d->up == NULL); /* served as 502, not dropped */
+    snapshot_unref(s);
+}
+
+static void test_refcount_keeps_old_snapshot_alive(void)
+{
+    json_t *r = res("{\"/apisix/routes/a\":{\"uri\":\"/a\",\"upstream\":{\"nodes\":{\"127.0.0.1:1\":1}}}}");
+    struct snapshot *s = snapshot_build(r, 1);
+    json_decref(r);
+    REQUIRE(s);
+    struct snapshot *held = snapshot_ref(s); /* a request in flight */
+    snapshot_unref(s);                       /* the worker swapped it out */
+    const struct route_rt *a = match(held, "GET", NULL, "/a", novars);
+    CHECK(a != NULL); /* still usable: under ASan a use-after-free would fail here */
+    snapshot_unref(held);
+}
+
+int main(void)
+{
+    RUN(test_route_plugins_merge_over_service_and_plugin_config);
+    RUN(test_route_fields_win_over_service);
+    RUN(test_shared_upstream_is_one_balancer);
+    RUN(test_timeouts_route_over_upstream_over_default);
+    RUN(test_chash_keys);
+    RUN(test_bad_resources_are_skipped_not_fatal);
+    RUN(test_refcount_keeps_old_snapshot_alive);
+    return check_summary();
+}
