@@ -27,6 +27,8 @@ static const char usage[] =
     "      --workers N              worker processes (default: one per core)\n"
     "      --http-listen A:P        HTTP listener, repeatable (default 0.0.0.0:9080)\n"
     "      --metrics-listen A:P     Prometheus metrics (default 127.0.0.1:9091)\n"
+    "      --stream-listen A:P      stream (TCP, MQTT) listener, repeatable (default none)\n"
+    "      --stream-tls-listen A:P  stream listener over TLS, repeatable\n"
     "      --state-dir DIR          last good configuration kept here\n"
     "                               (default ./airgw-data/dataplane)\n"
     "      --node-id ID             name shown to the control plane (default: host name)\n"
@@ -38,7 +40,7 @@ static const char usage[] =
 
 enum { OPT_CP = 256, OPT_STANDALONE, OPT_WORKERS, OPT_HTTP_LISTEN, OPT_METRICS_LISTEN,
        OPT_STATE_DIR, OPT_NODE_ID, OPT_LOG_LEVEL, OPT_ACCESS_LOG, OPT_ACCESS_LOG_FORMAT,
-       OPT_WORKER };
+       OPT_WORKER, OPT_STREAM_LISTEN, OPT_STREAM_TLS_LISTEN };
 
 static const struct option longopts[] = {
     {"config", required_argument, NULL, 'c'},
@@ -53,6 +55,8 @@ static const struct option longopts[] = {
     {"access-log-format", required_argument, NULL, OPT_ACCESS_LOG_FORMAT},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
     {"worker", required_argument, NULL, OPT_WORKER},
+    {"stream-listen", required_argument, NULL, OPT_STREAM_LISTEN},
+    {"stream-tls-listen", required_argument, NULL, OPT_STREAM_TLS_LISTEN},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -85,6 +89,53 @@ static int add_listen(struct dp_settings *s, const char *v, const char *what, ch
     if (netaddr_parse(v, &s->http_listen[s->nhttp], why, sizeof(why)) < 0)
         return cfg_fail(err, errlen, "%s: %s", what, why);
     s->nhttp++;
+    return 0;
+}
+
+static int add_stream(struct dp_settings *s, const char *v, int tls, const char *what, char *err,
+                      size_t errlen)
+{
+    char why[200];
+    if (s->nstream == DP_MAX_LISTEN)
+        return cfg_fail(err, errlen, "%s: at most %d stream listeners", what, DP_MAX_LISTEN);
+    if (netaddr_parse(v, &s->stream_listen[s->nstream], why, sizeof(why)) < 0)
+        return cfg_fail(err, errlen, "%s: %s", what, why);
+    s->stream_tls[s->nstream++] = tls;
+    return 0;
+}
+
+/* APISIX's stream_proxy.tcp: a list of "ADDR:PORT" (or port numbers) or
+ * {addr, tls} mappings. */
+static int load_stream_proxy(struct dp_settings *s, const json_t *sp, char *err, size_t errlen)
+{
+    static const char *const keys[] = {"tcp", NULL};
+    int rc;
+    if ((rc = cfg_want(sp, JSON_OBJECT, "dataplane.stream_proxy", "a mapping", err, errlen)) ||
+        (rc = cfg_only_keys(sp, "dataplane.stream_proxy", keys, err, errlen)))
+        return rc;
+    json_t *tcp = json_object_get(sp, "tcp");
+    if (!tcp)
+        return 0;
+    if ((rc = cfg_want(tcp, JSON_ARRAY, "dataplane.stream_proxy.tcp", "a list", err, errlen)))
+        return rc;
+    s->nstream = 0;
+    size_t i;
+    json_t *e;
+    json_array_foreach(tcp, i, e) {
+        char buf[128];
+        const json_t *addr = json_is_object(e) ? json_object_get(e, "addr") : e;
+        int tls = json_is_object(e) && json_is_true(json_object_get(e, "tls"));
+        if (json_is_integer(addr))
+            snprintf(buf, sizeof(buf), "0.0.0.0:%lld", (long long)json_integer_value(addr));
+        else if (json_is_string(addr))
+            snprintf(buf, sizeof(buf), "%s", json_string_value(addr));
+        else
+            return cfg_fail(err, errlen,
+                            "config: dataplane.stream_proxy.tcp[%zu] needs addr (ADDR:PORT)",
+                            i + 1);
+        if ((rc = add_stream(s, buf, tls, "dataplane.stream_proxy.tcp", err, errlen)))
+            return rc;
+    }
     return 0;
 }
 
@@ -190,7 +241,7 @@ static int load_file(struct dp_settings *s, const char *path, char *err, size_t 
     static const char *const keys[] = {"control_plane", "standalone", "workers", "http_listen",
                                        "metrics_listen", "state_dir", "node_id", "log_level",
                                        "access_log", "access_log_format", "drain_timeout",
-                                       "limits", NULL};
+                                       "limits", "stream_proxy", NULL};
     if ((rc = cfg_want(d, JSON_OBJECT, "dataplane", "a mapping", err, errlen)) ||
         (rc = cfg_only_keys(d, "dataplane", keys, err, errlen)))
         goto out;
@@ -290,6 +341,8 @@ static int load_file(struct dp_settings *s, const char *path, char *err, size_t 
         goto out;
     if ((v = json_object_get(d, "limits")) && (rc = load_limits(&s->limits, v, err, errlen)))
         goto out;
+    if ((v = json_object_get(d, "stream_proxy")) && (rc = load_stream_proxy(s, v, err, errlen)))
+        goto out;
 out:
     json_decref(root);
     return rc;
@@ -344,7 +397,7 @@ int dp_settings_load(struct dp_settings *s, int argc, char **argv, char *err, si
     if (s->config_file && (rc = load_file(s, s->config_file, err, errlen)))
         return rc;
 
-    int listen_from_flags = 0;
+    int listen_from_flags = 0, stream_from_flags = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "c:hV", longopts, NULL)) != -1) {
         char *end;
@@ -397,6 +450,16 @@ int dp_settings_load(struct dp_settings *s, int argc, char **argv, char *err, si
         case OPT_LOG_LEVEL:
             if ((s->log_level = log_level_parse(optarg)) < 0)
                 return cfg_fail(err, errlen, "--log-level: must be error, warn, info or debug");
+            break;
+        case OPT_STREAM_LISTEN:
+        case OPT_STREAM_TLS_LISTEN:
+            if (!stream_from_flags)
+                s->nstream = 0;
+            stream_from_flags = 1;
+            if ((rc = add_stream(s, optarg, c == OPT_STREAM_TLS_LISTEN,
+                                 c == OPT_STREAM_LISTEN ? "--stream-listen" : "--stream-tls-listen",
+                                 err, errlen)))
+                return rc;
             break;
         case OPT_WORKER:
             n = strtol(optarg, &end, 10);

@@ -33,6 +33,9 @@ struct dp_settings {
     struct sockaddr_storage http_listen[DP_MAX_LISTEN]; /* default 0.0.0.0:9080 */
     size_t nhttp;
     struct sockaddr_storage metrics_listen;      /* default 127.0.0.1:9091 */
+    struct sockaddr_storage stream_listen[DP_MAX_LISTEN]; /* stream (TCP/MQTT) listeners */
+    int stream_tls[DP_MAX_LISTEN];               /* 1: that stream listener speaks TLS */
+    size_t nstream;
     char *state_dir;                             /* default ./airgw-data/dataplane */
     char *node_id;                               /* default hostname-pid-less stable id */
     int log_level;

@@ -62,6 +62,8 @@ struct worker {
 struct slot {
     int fds[DP_MAX_LISTEN];    /* listening sockets, one per http listen address */
     size_t nfds;
+    int sfds[DP_MAX_LISTEN];   /* stream listening sockets, one per stream address */
+    size_t nsfds;
     unsigned backoff_ms;       /* respawn delay */
     uv_timer_t respawn;        /* respawn timer; data = master */
     int respawn_pending;       /* timer armed */
@@ -154,6 +156,33 @@ static void close_slot_fds(struct slot *sl)
     for (size_t k = 0; k < sl->nfds; k++)
         close(sl->fds[k]);
     sl->nfds = 0;
+    for (size_t k = 0; k < sl->nsfds; k++)
+        close(sl->sfds[k]);
+    sl->nsfds = 0;
+}
+
+/* Opens a slot's stream sockets (same rule for port 0 as open_slot). */
+static int open_stream_slot(struct master *m, int i, char *err, size_t errlen)
+{
+    struct slot *sl = &m->slots[i];
+    sl->nsfds = 0;
+    for (size_t k = 0; k < m->s.nstream; k++) {
+        int fd = open_listener(&m->s.stream_listen[k], err, errlen);
+        if (fd < 0)
+            return -1;
+        sl->sfds[sl->nsfds++] = fd;
+        struct sockaddr_storage *ss = &m->s.stream_listen[k];
+        uint16_t *port = ss->ss_family == AF_INET6 ? &((struct sockaddr_in6 *)ss)->sin6_port
+                                                   : &((struct sockaddr_in *)ss)->sin_port;
+        if (*port == 0) {
+            struct sockaddr_storage b;
+            socklen_t bl = sizeof(b);
+            getsockname(fd, (struct sockaddr *)&b, &bl);
+            *port = b.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&b)->sin6_port
+                                            : ((struct sockaddr_in *)&b)->sin_port;
+        }
+    }
+    return 0;
 }
 
 /* ---- configuration to workers ---- */
@@ -306,12 +335,20 @@ static void on_proc_closed(uv_handle_t *h)
     free_worker_if_done(w);
 }
 
-static void retire(struct worker *w)
+/* SIGQUIT: a replaced worker finishes its requests and keeps its stream
+ * (MQTT) connections until they end, so a reload drops no session. SIGTERM:
+ * a stop, bounded by the drain timeout. */
+static void retire_with(struct worker *w, int sig)
 {
-    if (w->state == W_RETIRING || w->exited)
+    if (w->exited || (w->state == W_RETIRING && sig == SIGQUIT))
         return;
     w->state = W_RETIRING;
-    uv_process_kill(&w->proc, SIGTERM);
+    uv_process_kill(&w->proc, sig);
+}
+
+static void retire(struct worker *w)
+{
+    retire_with(w, w->m->stopping ? SIGTERM : SIGQUIT);
 }
 
 /* New workers serve: retire the older generation's worker of the same slot. */
@@ -437,23 +474,30 @@ static void spawn_worker(struct master *m, int slot)
     size_t nenv = 0;
     while (environ[nenv])
         nenv++;
-    char **env = calloc(nenv + 4, sizeof(char *));
-    char fdenv[64], menv[64], henv[64];
+    char **env = calloc(nenv + 5, sizeof(char *));
+    char fdenv[64], menv[64], henv[64], senv[32 + 8 * DP_MAX_LISTEN];
     snprintf(fdenv, sizeof(fdenv), "AIRGW_LISTEN_FDS=%zu", sl->nfds);
     int next_fd = 4 + (int)sl->nfds;
+    /* Stream sockets follow the http ones: "fd,fd" with a "t" on TLS ones. */
+    size_t so = (size_t)snprintf(senv, sizeof(senv), "AIRGW_STREAM_FDS=");
+    for (size_t k = 0; k < sl->nsfds; k++)
+        so += (size_t)snprintf(senv + so, sizeof(senv) - so, "%s%d%s", k ? "," : "", next_fd++,
+                               m->s.stream_tls[k] ? "t" : "");
     snprintf(menv, sizeof(menv), "AIRGW_METRICS_FD=%d", m->metrics ? next_fd++ : -1);
     snprintf(henv, sizeof(henv), "AIRGW_HEALTH_FD=%d", m->health ? next_fd++ : -1);
     size_t e = 0;
     for (size_t i = 0; i < nenv; i++)
         if (strncmp(environ[i], "AIRGW_LISTEN_FDS=", 17) != 0 &&
             strncmp(environ[i], "AIRGW_METRICS_FD=", 17) != 0 &&
-            strncmp(environ[i], "AIRGW_HEALTH_FD=", 16) != 0)
+            strncmp(environ[i], "AIRGW_HEALTH_FD=", 16) != 0 &&
+            strncmp(environ[i], "AIRGW_STREAM_FDS=", 17) != 0)
             env[e++] = environ[i];
     env[e++] = fdenv;
     env[e++] = menv;
     env[e++] = henv;
+    env[e++] = senv;
 
-    uv_stdio_container_t stdio[6 + DP_MAX_LISTEN];
+    uv_stdio_container_t stdio[6 + 2 * DP_MAX_LISTEN];
     stdio[0].flags = UV_IGNORE;
     stdio[1].flags = UV_INHERIT_FD;
     stdio[1].data.fd = 1;
@@ -466,6 +510,11 @@ static void spawn_worker(struct master *m, int slot)
         stdio[4 + k].data.fd = sl->fds[k];
     }
     int nstdio = 4 + (int)sl->nfds;
+    for (size_t k = 0; k < sl->nsfds; k++) {
+        stdio[nstdio].flags = UV_INHERIT_FD;
+        stdio[nstdio].data.fd = sl->sfds[k];
+        nstdio++;
+    }
     if (m->metrics) {
         stdio[nstdio].flags = UV_INHERIT_FD;
         stdio[nstdio].data.fd = metrics_fd(m->metrics);
@@ -547,6 +596,12 @@ static int same_listen(const struct dp_settings *a, const struct dp_settings *b)
     for (size_t i = 0; i < a->nhttp; i++)
         if (memcmp(&a->http_listen[i], &b->http_listen[i], sizeof(a->http_listen[i])) != 0)
             return 0;
+    if (a->nstream != b->nstream)
+        return 0;
+    for (size_t i = 0; i < a->nstream; i++)
+        if (memcmp(&a->stream_listen[i], &b->stream_listen[i], sizeof(a->stream_listen[i])) ||
+            a->stream_tls[i] != b->stream_tls[i])
+            return 0;
     return 1;
 }
 
@@ -564,8 +619,10 @@ static void on_sighup(uv_signal_t *sig, int signum)
     log_info("SIGHUP: reloading settings and replacing workers");
     int new_sockets = !same_listen(&m->s, &ns);
     /* Keep resolved ports for listeners given as port 0. */
-    if (!new_sockets)
+    if (!new_sockets) {
         memcpy(ns.http_listen, m->s.http_listen, sizeof(ns.http_listen));
+        memcpy(ns.stream_listen, m->s.stream_listen, sizeof(ns.stream_listen));
+    }
     int nslots = ns.workers;
     if (nslots > MAX_SLOTS)
         nslots = MAX_SLOTS;
@@ -577,13 +634,20 @@ static void on_sighup(uv_signal_t *sig, int signum)
         static struct slot fresh[MAX_SLOTS];
         int ok = 1;
         for (int i = 0; i < nslots && ok; i++) {
-            fresh[i].nfds = 0;
+            fresh[i].nfds = fresh[i].nsfds = 0;
             for (size_t k = 0; k < m->s.nhttp && ok; k++) {
                 int fd = open_listener(&m->s.http_listen[k], err, sizeof(err));
                 if (fd < 0)
                     ok = 0;
                 else
                     fresh[i].fds[fresh[i].nfds++] = fd;
+            }
+            for (size_t k = 0; k < m->s.nstream && ok; k++) {
+                int fd = open_listener(&m->s.stream_listen[k], err, sizeof(err));
+                if (fd < 0)
+                    ok = 0;
+                else
+                    fresh[i].sfds[fresh[i].nsfds++] = fd;
             }
         }
         if (!ok) {
@@ -599,11 +663,14 @@ static void on_sighup(uv_signal_t *sig, int signum)
             if (i < nslots) {
                 memcpy(m->slots[i].fds, fresh[i].fds, sizeof(fresh[i].fds));
                 m->slots[i].nfds = fresh[i].nfds;
+                memcpy(m->slots[i].sfds, fresh[i].sfds, sizeof(fresh[i].sfds));
+                m->slots[i].nsfds = fresh[i].nsfds;
             }
         }
     } else {
         for (int i = m->nslots; i < nslots; i++)
-            if (open_slot(m, i, err, sizeof(err)) < 0)
+            if (open_slot(m, i, err, sizeof(err)) < 0 ||
+                open_stream_slot(m, i, err, sizeof(err)) < 0)
                 log_error("SIGHUP: %s", err);
     }
     for (int i = nslots; i < m->nslots; i++)
@@ -732,7 +799,7 @@ int master_main(int argc, char **argv)
         m->slots[i].timer_inited = 1;
     }
     for (int i = 0; i < m->nslots; i++) {
-        if (open_slot(m, i, err, sizeof(err)) < 0) {
+        if (open_slot(m, i, err, sizeof(err)) < 0 || open_stream_slot(m, i, err, sizeof(err)) < 0) {
             log_error("%s", err);
             for (int k = 0; k < MAX_SLOTS; k++)
                 close_slot_fds(&m->slots[k]);
@@ -743,6 +810,11 @@ int master_main(int argc, char **argv)
         char where[80];
         netaddr_format((struct sockaddr *)&m->s.http_listen[k], where, sizeof(where));
         log_info("http listening on %s", where);
+    }
+    for (size_t k = 0; k < m->s.nstream; k++) {
+        char where[80];
+        netaddr_format((struct sockaddr *)&m->s.stream_listen[k], where, sizeof(where));
+        log_info("stream%s listening on %s", m->s.stream_tls[k] ? " (tls)" : "", where);
     }
     uv_timer_init(&m->loop, &m->save_timer);
     m->save_timer.data = m;

@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <netinet/in.h>
 
 #include "balancer.h"
 #include "health.h"
@@ -207,6 +209,14 @@ static json_t *merge_route(const json_t *res, const json_t *route, const char *r
     return m;
 }
 
+static void sroute_free(struct stream_route_rt *r)
+{
+    if (!r)
+        return;
+    json_decref(r->conf);
+    free(r);
+}
+
 static void route_free(struct route_rt *r)
 {
     if (!r)
@@ -278,6 +288,145 @@ static int compile_route(struct snapshot *s, const char *rid, const json_t *rout
     return 0;
 }
 
+/* Stream routes: the service fills what the route leaves out; the APISIX 2.x
+ * form names a one-node upstream inside mqtt-proxy itself. */
+static int compile_stream_route(struct snapshot *s, const char *rid, const json_t *route)
+{
+    json_t *m = json_deep_copy(route);
+    char b1[32], b2[32];
+    const char *sid = id_str(json_object_get(route, "service_id"), b1, sizeof(b1));
+    json_t *svc = lookup(s->resources, "services", sid);
+    if (svc) {
+        json_object_set_new(m, "plugins", merge_plugins(json_object_get(svc, "plugins"),
+                                                        json_object_get(route, "plugins")));
+        if (!json_object_get(route, "upstream") && !json_object_get(route, "upstream_id")) {
+            if (json_object_get(svc, "upstream"))
+                json_object_set(m, "upstream", json_object_get(svc, "upstream"));
+            else if (json_object_get(svc, "upstream_id"))
+                json_object_set(m, "upstream_id", json_object_get(svc, "upstream_id"));
+        }
+    }
+    struct stream_route_rt *r = calloc(1, sizeof(*r));
+    if (!r) {
+        json_decref(m);
+        return -ENOMEM;
+    }
+    snprintf(r->id, sizeof(r->id), "%s", rid);
+    r->conf = m;
+    const char *v;
+    if ((v = json_string_value(json_object_get(m, "server_addr"))) &&
+        cidr_parse(v, &r->server_addr) == 0)
+        r->has_server_addr = true;
+    if ((v = json_string_value(json_object_get(m, "remote_addr"))) &&
+        cidr_parse(v, &r->remote) == 0)
+        r->has_remote = true;
+    json_t *port = json_object_get(m, "server_port");
+    r->server_port = json_is_integer(port) ? (int)json_integer_value(port) : 0;
+    r->sni = json_string_value(json_object_get(m, "sni"));
+    json_t *mq = json_object_get(json_object_get(m, "plugins"), "mqtt-proxy");
+    r->mqtt_level = -1;
+    if (json_is_object(mq)) {
+        r->mqtt = true;
+        r->mqtt_name = json_string_value(json_object_get(mq, "protocol_name"));
+        json_t *lvl = json_object_get(mq, "protocol_level");
+        if (json_is_integer(lvl))
+            r->mqtt_level = (int)json_integer_value(lvl);
+    }
+    json_t *inl = json_object_get(m, "upstream");
+    const char *uid = id_str(json_object_get(m, "upstream_id"), b2, sizeof(b2));
+    json_t *legacy = json_object_get(mq, "upstream");
+    char upid[96];
+    snprintf(upid, sizeof(upid), "stream_route/%s", rid);
+    if (json_is_object(inl)) {
+        r->up = upstream_build(upid, inl);
+        if (r->up && add_upstream(s, r->up) < 0) {
+            upstream_free(r->up);
+            r->up = NULL;
+        }
+    } else if (uid) {
+        r->up = find_upstream(s, uid);
+        if (!r->up)
+            log_warn("stream route %s: upstream %s does not exist", rid, uid);
+    } else if (json_is_object(legacy)) {
+        const char *host = json_string_value(json_object_get(legacy, "host"));
+        if (!host)
+            host = json_string_value(json_object_get(legacy, "ip"));
+        json_int_t lport = json_integer_value(json_object_get(legacy, "port"));
+        char node[300];
+        snprintf(node, sizeof(node), strchr(host ? host : "", ':') ? "[%s]:%lld" : "%s:%lld",
+                 host ? host : "", (long long)lport);
+        json_t *u = json_pack("{s:s, s:{s:i}}", "type", "roundrobin", "nodes", node, 1);
+        /* The snapshot owns the JSON the upstream points at. */
+        json_object_set_new(r->conf, "upstream", u);
+        r->up = upstream_build(upid, u);
+        if (r->up && add_upstream(s, r->up) < 0) {
+            upstream_free(r->up);
+            r->up = NULL;
+        }
+    }
+    if (r->up && (r->up->scheme == UP_HTTP || r->up->scheme == UP_HTTPS))
+        r->up->scheme = r->up->scheme == UP_HTTP ? UP_TCP : UP_TLS;
+    struct stream_route_rt **a = realloc(s->sroutes, (s->nsroutes + 1) * sizeof(*a));
+    if (!a) {
+        sroute_free(r);
+        return -ENOMEM;
+    }
+    s->sroutes = a;
+    a[s->nsroutes++] = r;
+    return 0;
+}
+
+static int sroute_cmp(const void *a, const void *b)
+{
+    const struct stream_route_rt *x = *(const struct stream_route_rt *const *)a;
+    const struct stream_route_rt *y = *(const struct stream_route_rt *const *)b;
+    if ((x->sni != NULL) != (y->sni != NULL))
+        return x->sni ? -1 : 1;
+    return strcmp(x->id, y->id);
+}
+
+static bool sni_matches(const char *pattern, const char *sni)
+{
+    if (!sni)
+        return false;
+    if (strcmp(pattern, "*") == 0)
+        return true;
+    if (pattern[0] == '*' && pattern[1] == '.') {
+        const char *dot = strchr(sni, '.');
+        return dot && strcasecmp(dot, pattern + 1) == 0;
+    }
+    return strcasecmp(pattern, sni) == 0;
+}
+
+static int port_of(const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET)
+        return ntohs(((const struct sockaddr_in *)sa)->sin_port);
+    if (sa->sa_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+    return 0;
+}
+
+const struct stream_route_rt *snapshot_stream_match(const struct snapshot *s,
+                                                    const struct sockaddr *server,
+                                                    const struct sockaddr *remote,
+                                                    const char *sni)
+{
+    for (size_t i = 0; i < s->nsroutes; i++) {
+        const struct stream_route_rt *r = s->sroutes[i];
+        if (r->sni && !sni_matches(r->sni, sni))
+            continue;
+        if (r->server_port && (!server || port_of(server) != r->server_port))
+            continue;
+        if (r->has_server_addr && (!server || !cidr_match(&r->server_addr, server)))
+            continue;
+        if (r->has_remote && (!remote || !cidr_match(&r->remote, remote)))
+            continue;
+        return r;
+    }
+    return NULL;
+}
+
 struct snapshot *snapshot_build(json_t *resources, int64_t revision)
 {
     struct snapshot *s = calloc(1, sizeof(*s));
@@ -315,8 +464,12 @@ struct snapshot *snapshot_build(json_t *resources, int64_t revision)
             json_array_append(s->global_rules, v);
         } else if (strcmp(coll, "stream_routes") == 0) {
             json_array_append(s->stream_routes, v);
+            if (compile_stream_route(s, id, v) < 0)
+                goto fail;
         }
     }
+    if (s->nsroutes > 1)
+        qsort(s->sroutes, s->nsroutes, sizeof(*s->sroutes), sroute_cmp);
     if (router_build(s->router) < 0)
         goto fail;
     return s;
@@ -337,6 +490,9 @@ void snapshot_unref(struct snapshot *s)
     for (size_t i = 0; i < s->nupstreams; i++)
         upstream_free(s->upstreams[i]);
     free(s->upstreams);
+    for (size_t i = 0; i < s->nsroutes; i++)
+        sroute_free(s->sroutes[i]);
+    free(s->sroutes);
     json_decref(s->global_rules);
     json_decref(s->stream_routes);
     json_decref(s->resources);

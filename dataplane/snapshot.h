@@ -22,6 +22,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "cidr.h"
+
 enum up_scheme { UP_HTTP = 0, UP_HTTPS, UP_GRPC, UP_GRPCS, UP_TCP, UP_TLS, UP_UDP };
 enum pass_host { PASS_HOST_PASS = 0, PASS_HOST_NODE, PASS_HOST_REWRITE };
 enum hash_on { HASH_VARS = 0, HASH_HEADER, HASH_COOKIE, HASH_CONSUMER, HASH_VARS_COMBINATIONS };
@@ -89,6 +91,22 @@ struct route_query {
     void *var_ud;
 };
 
+/* A compiled stream route (TCP/TLS, MQTT). */
+struct stream_route_rt {
+    char id[80];                     /* stream route id */
+    bool has_server_addr;            /* match server_addr */
+    struct cidr server_addr;         /* the listener address the client reached */
+    int server_port;                 /* 0: any */
+    bool has_remote;                 /* match remote_addr */
+    struct cidr remote;              /* client range */
+    const char *sni;                 /* TLS server name ("*.x" wildcards), or NULL */
+    bool mqtt;                       /* mqtt-proxy configured */
+    const char *mqtt_name;           /* required protocol name, or NULL: any */
+    int mqtt_level;                  /* required level, or -1: any supported */
+    struct upstream_rt *up;          /* NULL: no upstream (connections are closed) */
+    json_t *conf;                    /* the merged stream route (owned) */
+};
+
 struct snapshot {
     int refs;                  /* holders: the worker's current pointer + requests in flight */
     int64_t revision;          /* store revision this snapshot reflects */
@@ -99,7 +117,9 @@ struct snapshot {
     size_t nupstreams;
     json_t *resources;         /* the source: {"/apisix/routes/1": {...}, ...} (owned) */
     json_t *global_rules;      /* array of global_rule objects (owned) */
-    json_t *stream_routes;     /* array of merged stream_route objects (owned; issue 4) */
+    json_t *stream_routes;     /* array of stream_route objects as stored (owned) */
+    struct stream_route_rt **sroutes; /* compiled stream routes, SNI routes first */
+    size_t nsroutes;
 };
 
 /* Compiles resources (an object of key -> resource value; a reference is
@@ -127,6 +147,15 @@ const struct route_rt *snapshot_match(const struct snapshot *s, const struct rou
  * They stay valid as long as the snapshot. */
 const struct route_rt *snapshot_match_ex(const struct snapshot *s, const struct route_query *q,
                                          const char **matched_uri, const char **matched_host);
+
+/* Finds the stream route for a connection that reached server (the local
+ * address) from remote, with TLS server name sni (NULL for plain TCP), as
+ * APISIX's stream router: routes with an sni first (TLS only), then the
+ * others, each in id order; every given condition must hold. NULL: close. */
+const struct stream_route_rt *snapshot_stream_match(const struct snapshot *s,
+                                                    const struct sockaddr *server,
+                                                    const struct sockaddr *remote,
+                                                    const char *sni);
 
 /* Picks a node of up for one attempt. key is the chash key (NULL for other
  * balancer types; the caller computes it with snapshot_hash_key). tried has

@@ -23,6 +23,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "snapshot.h"
+#include "stream_proxy.h"
 
 #define CHANNEL_FD 3
 #define FIRST_LISTEN_FD 4
@@ -37,10 +38,16 @@ struct worker {
     struct http_proxy *proxies[DP_MAX_LISTEN]; /* one per inherited listener */
     size_t nproxies;
     int nfds;                        /* inherited listeners (fds 4..) */
+    struct stream_proxy *streams[DP_MAX_LISTEN]; /* stream listeners */
+    size_t nstreams;
+    int sfds[DP_MAX_LISTEN];         /* their inherited fds */
+    int stls[DP_MAX_LISTEN];         /* 1: TLS listener */
+    int nsfds;
+    struct stream_proxy_opts so;     /* their options */
     int serving;                     /* proxies started: a first snapshot is compiled */
     struct http_proxy_opts po;       /* their options */
     int draining_left;               /* proxies still draining */
-    uv_signal_t sig_term, sig_int, sig_hup;
+    uv_signal_t sig_term, sig_int, sig_hup, sig_quit;
     uv_timer_t drain_timer;          /* bounds a drain */
     int stopping;
     int finished;                    /* finish() ran: handles are closing */
@@ -73,6 +80,21 @@ static void start_serving(struct worker *w)
             continue;
         }
         w->proxies[w->nproxies++] = p;
+    }
+    for (int i = 0; i < w->nsfds; i++) {
+        if (w->stls[i]) {
+            log_error("stream listener %d is TLS: TLS streams are not supported yet; not serving "
+                      "it",
+                      i);
+            continue;
+        }
+        struct stream_proxy *sp = stream_proxy_start(&w->loop, w->sfds[i], &w->so,
+                                                     current_snapshot, w, err, sizeof(err));
+        if (!sp) {
+            log_error("cannot serve stream listener %d: %s", i, err);
+            continue;
+        }
+        w->streams[w->nstreams++] = sp;
     }
 }
 
@@ -109,11 +131,15 @@ static void finish(struct worker *w)
     for (size_t i = 0; i < w->nproxies; i++)
         http_proxy_free(w->proxies[i]);
     w->nproxies = 0;
+    for (size_t i = 0; i < w->nstreams; i++)
+        stream_proxy_free(w->streams[i]);
+    w->nstreams = 0;
     if (!uv_is_closing((uv_handle_t *)&w->chan))
         uv_close((uv_handle_t *)&w->chan, NULL);
     uv_close((uv_handle_t *)&w->sig_term, NULL);
     uv_close((uv_handle_t *)&w->sig_int, NULL);
     uv_close((uv_handle_t *)&w->sig_hup, NULL);
+    uv_close((uv_handle_t *)&w->sig_quit, NULL);
     uv_close((uv_handle_t *)&w->drain_timer, NULL);
 }
 
@@ -134,25 +160,33 @@ static void on_drain_timeout(uv_timer_t *t)
     finish(w);
 }
 
-static void drain(struct worker *w, const char *why)
+/* bounded: a stop (SIGTERM), cut at the drain timeout. Unbounded: a reload
+ * (SIGQUIT from the master), which lets stream sessions run to their end. */
+static void drain(struct worker *w, const char *why, int bounded)
 {
+    if (bounded && !uv_is_active((uv_handle_t *)&w->drain_timer) && !w->finished)
+        uv_timer_start(&w->drain_timer, on_drain_timeout, w->s.drain_timeout_ms, 0);
     if (w->stopping)
         return;
     w->stopping = 1;
     log_info("%s: draining", why);
-    w->draining_left = (int)w->nproxies;
-    uv_timer_start(&w->drain_timer, on_drain_timeout, w->s.drain_timeout_ms, 0);
-    if (w->nproxies == 0) {
+    w->draining_left = (int)(w->nproxies + w->nstreams);
+    if (w->draining_left == 0) {
         finish(w);
         return;
     }
     for (size_t i = 0; i < w->nproxies; i++)
         http_proxy_drain(w->proxies[i], on_drained, w);
+    for (size_t i = 0; i < w->nstreams; i++)
+        stream_proxy_drain(w->streams[i], on_drained, w);
 }
 
 static void on_stop_signal(uv_signal_t *sig, int signum)
 {
-    drain(sig->data, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    if (signum == SIGQUIT)
+        drain(sig->data, "SIGQUIT (replaced)", 0);
+    else
+        drain(sig->data, signum == SIGTERM ? "SIGTERM" : "SIGINT", 1);
 }
 
 static void on_ignore(uv_signal_t *sig, int signum)
@@ -175,7 +209,7 @@ static void on_chan_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     struct worker *w = s->data;
     if (nread < 0) {
         uv_close((uv_handle_t *)&w->chan, NULL);
-        drain(w, "the master went away");
+        drain(w, "the master went away", 1);
         return;
     }
     if (cfgs_decoder_feed(&w->dec, buf->base, (size_t)nread) < 0)
@@ -194,7 +228,7 @@ static void on_chan_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (rc < 0) {
         log_error("config channel: %s", why);
         uv_close((uv_handle_t *)&w->chan, NULL);
-        drain(w, "config channel broken");
+        drain(w, "config channel broken", 1);
         return;
     }
     /* One compile per batch: a snapshot's many PUTs or a burst of changes. */
@@ -281,6 +315,20 @@ int worker_main(int argc, char **argv)
     w->nfds = nfds;
     for (int i = 0; i < nfds; i++)
         fcntl(FIRST_LISTEN_FD + i, F_SETFD, FD_CLOEXEC);
+    const char *sfds = getenv("AIRGW_STREAM_FDS");
+    for (const char *q = sfds; q && *q && w->nsfds < DP_MAX_LISTEN;) {
+        char *end;
+        long fd = strtol(q, &end, 10);
+        if (end == q || fd < 3)
+            break;
+        w->stls[w->nsfds] = *end == 't';
+        w->sfds[w->nsfds++] = (int)fd;
+        fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+        q = end + (*end == 't');
+        q += *q == ',';
+    }
+    stream_proxy_opts_init(&w->so);
+    w->so.worker_id = w->s.worker_index;
     struct http_proxy_opts *po = &w->po;
     http_proxy_opts_init(po);
     po->max_header_bytes = w->s.limits.max_header_bytes;
@@ -306,7 +354,9 @@ int worker_main(int argc, char **argv)
     uv_signal_init(&w->loop, &w->sig_term);
     uv_signal_init(&w->loop, &w->sig_int);
     uv_signal_init(&w->loop, &w->sig_hup);
-    w->sig_term.data = w->sig_int.data = w->sig_hup.data = w;
+    uv_signal_init(&w->loop, &w->sig_quit);
+    w->sig_term.data = w->sig_int.data = w->sig_hup.data = w->sig_quit.data = w;
+    uv_signal_start(&w->sig_quit, on_stop_signal, SIGQUIT);
     uv_signal_start(&w->sig_term, on_stop_signal, SIGTERM);
     uv_signal_start(&w->sig_int, on_stop_signal, SIGINT);
     uv_signal_start(&w->sig_hup, on_ignore, SIGHUP);

@@ -1,0 +1,812 @@
+/*
+ * stream_proxy: see stream_proxy.h.
+ *
+ * Connection states:
+ *   S_CONNECT_WAIT  reading the client's MQTT CONNECT into c->buf
+ *   S_UP_CONNECTING an attempt to a node is under way (c->up)
+ *   S_PROXYING      bytes flow both ways
+ *   S_FLUSHING      a last answer (a CONNACK) is being written; then close
+ *   S_CLOSING       handles are closing; freed when the last one has closed
+ */
+#include "stream_proxy.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "balancer.h"
+#include "log.h"
+#include "mqtt_codec.h"
+#include "netaddr.h"
+#include "snapshot.h"
+
+#define HIGH_WATER (64 * 1024) /* stop reading a side whose peer is this far behind */
+#define SWEEP_MS 250
+#define KEY_MAX 512
+
+enum sstate { S_CONNECT_WAIT, S_UP_CONNECTING, S_PROXYING, S_FLUSHING, S_CLOSING };
+
+struct sconn;
+
+/* One upstream attempt; kept as the upstream side once connected. */
+struct upconn {
+    uv_tcp_t tcp;          /* tcp.data = upconn */
+    uv_connect_t creq;     /* connect request */
+    struct sconn *c;       /* owner, NULL once it let go */
+};
+
+struct sconn {
+    uv_tcp_t client;                    /* client.data = sconn */
+    struct stream_proxy *p;             /* owner */
+    struct sconn *prev, *next;          /* p->conns */
+    struct snapshot *snap;              /* revision this connection was routed with */
+    const struct stream_route_rt *route;
+    struct upconn *up;                  /* upstream side, or NULL */
+    int node;                           /* node index, -1 before a pick */
+    uint64_t tried;                     /* nodes tried (bits 0..63) */
+    int attempts;                       /* connect attempts made */
+    uint64_t deadline;                  /* loop ms: CONNECT wait or connect attempt end */
+    uint64_t last_active;               /* loop ms of the last byte either way */
+    char *buf;                          /* CONNECT / early bytes, until forwarded */
+    uint32_t buf_len, buf_cap;
+    uint8_t state;                      /* enum sstate */
+    uint8_t level;                      /* MQTT protocol level, 0 when not MQTT */
+    uint8_t handles;                    /* open libuv handles owned (client, up) */
+    unsigned client_eof : 1, up_eof : 1, client_paused : 1, up_paused : 1, counted : 1;
+};
+
+struct stream_proxy {
+    uv_loop_t *loop;
+    uv_tcp_t listener;                  /* listener.data = proxy */
+    uv_timer_t sweep;                   /* timeouts; sweep.data = proxy */
+    struct stream_proxy_opts o;
+    struct snapshot *(*current)(void *ud);
+    void *current_ud;
+    struct sconn *conns;
+    struct stream_proxy_stats st;
+    void (*drain_done)(void *ud);
+    void *drain_ud;
+    int draining, freeing, open;        /* open: listener + sweep not yet closed */
+    char rbuf[64 * 1024];               /* shared read buffer */
+};
+
+/* A write of bytes the peer could not take at once. */
+struct wblock {
+    uv_write_t req;
+    struct sconn *c;
+    size_t len;
+    char data[];
+};
+
+static void conn_close(struct sconn *c);
+static void try_next_node(struct sconn *c);
+static void start_proxying(struct sconn *c);
+
+void stream_proxy_opts_init(struct stream_proxy_opts *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->mqtt_connect_timeout_ms = 10000;
+    o->mqtt_max_connect_bytes = 65536;
+    o->connect_timeout_ms = 60000;
+    o->idle_timeout_ms = 600000;
+    o->max_connections = 100000;
+}
+
+static void maybe_drained(struct stream_proxy *p)
+{
+    if (p->draining && !p->freeing && !p->conns && p->drain_done) {
+        void (*done)(void *) = p->drain_done;
+        p->drain_done = NULL;
+        done(p->drain_ud);
+    }
+}
+
+static void maybe_free_proxy(struct stream_proxy *p)
+{
+    if (p->freeing && p->open == 0 && !p->conns)
+        free(p);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct sconn *c = h->data;
+    if (h != (uv_handle_t *)&c->client) {
+        struct upconn *u = (struct upconn *)h;
+        free(u);
+    }
+    if (--c->handles > 0)
+        return;
+    struct stream_proxy *p = c->p;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        p->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    if (c->node >= 0 && c->route && c->route->up && c->counted)
+        upstream_conn_end(c->route->up, c->node);
+    if (c->snap)
+        snapshot_unref(c->snap);
+    free(c->buf);
+    p->st.connections_active--;
+    free(c);
+    maybe_drained(p);
+    maybe_free_proxy(p);
+}
+
+static void close_up(struct sconn *c)
+{
+    if (!c->up)
+        return;
+    struct upconn *u = c->up;
+    c->up = NULL;
+    u->tcp.data = c;
+    if (!uv_is_closing((uv_handle_t *)&u->tcp))
+        uv_close((uv_handle_t *)&u->tcp, on_handle_closed);
+}
+
+static void conn_close(struct sconn *c)
+{
+    if (c->state == S_CLOSING)
+        return;
+    c->state = S_CLOSING;
+    close_up(c);
+    if (!uv_is_closing((uv_handle_t *)&c->client))
+        uv_close((uv_handle_t *)&c->client, on_handle_closed);
+}
+
+/* ---- writing with backpressure ---- */
+
+static void resume_reading(struct sconn *c);
+
+static void on_block_written(uv_write_t *req, int status)
+{
+    struct wblock *b = (struct wblock *)req;
+    struct sconn *c = b->c;
+    c->p->st.buffered_bytes -= b->len;
+    free(b);
+    if (status < 0) {
+        if (status != UV_ECANCELED)
+            conn_close(c);
+        return;
+    }
+    if (c->state == S_FLUSHING) {
+        if (uv_stream_get_write_queue_size((uv_stream_t *)&c->client) == 0)
+            conn_close(c);
+        return;
+    }
+    resume_reading(c);
+}
+
+/* Sends len bytes on s: what the kernel takes now is not copied. Returns 0
+ * or a libuv error. */
+static int send_bytes(struct sconn *c, uv_stream_t *s, const char *data, size_t len)
+{
+    size_t off = 0;
+    if (uv_stream_get_write_queue_size(s) == 0) {
+        uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+        int n = uv_try_write(s, &b, 1);
+        if (n < 0 && n != UV_EAGAIN)
+            return n;
+        off = n > 0 ? (size_t)n : 0;
+    }
+    if (off == len)
+        return 0;
+    struct wblock *b = malloc(sizeof(*b) + (len - off));
+    if (!b)
+        return UV_ENOMEM;
+    b->c = c;
+    b->len = len - off;
+    memcpy(b->data, data + off, len - off);
+    c->p->st.buffered_bytes += b->len;
+    uv_buf_t ub = uv_buf_init(b->data, (unsigned)b->len);
+    int rc = uv_write(&b->req, s, &ub, 1, on_block_written);
+    if (rc < 0) {
+        c->p->st.buffered_bytes -= b->len;
+        free(b);
+    }
+    return rc;
+}
+
+/* ---- answers before the upstream ---- */
+
+static void answer_and_close(struct sconn *c, const uint8_t *bytes, size_t len)
+{
+    close_up(c);
+    uv_read_stop((uv_stream_t *)&c->client);
+    c->state = S_FLUSHING;
+    c->deadline = uv_now(c->p->loop) + 5000;
+    if (send_bytes(c, (uv_stream_t *)&c->client, (const char *)bytes, len) < 0 ||
+        uv_stream_get_write_queue_size((uv_stream_t *)&c->client) == 0)
+        conn_close(c);
+}
+
+static void refuse(struct sconn *c, enum mqtt_refusal why, const char *what)
+{
+    uint8_t out[256];
+    c->p->st.refused_total++;
+    log_debug("stream: route %s: %s", c->route ? c->route->id : "-", what);
+    if (!c->level) {
+        conn_close(c);
+        return;
+    }
+    /* 5.0 clients also get the reason in words (a Reason String property). */
+    size_t n = mqtt_connack_reason(c->level, mqtt_refusal_code(c->level, why), what, out,
+                                   sizeof(out));
+    if (n == 0) {
+        conn_close(c);
+        return;
+    }
+    answer_and_close(c, out, n);
+}
+
+/* ---- reading ---- */
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct sconn *c = h->data;
+    (void)suggested;
+    *buf = uv_buf_init(c->p->rbuf, sizeof(c->p->rbuf));
+}
+
+static int buf_append(struct sconn *c, const char *data, size_t len, size_t limit)
+{
+    if (c->buf_len + len > limit)
+        return -EMSGSIZE;
+    if (c->buf_len + len > c->buf_cap) {
+        size_t cap = c->buf_cap ? c->buf_cap : 512;
+        while (cap < c->buf_len + len)
+            cap *= 2;
+        char *b = realloc(c->buf, cap);
+        if (!b)
+            return -ENOMEM;
+        c->buf = b;
+        c->buf_cap = (uint32_t)cap;
+    }
+    memcpy(c->buf + c->buf_len, data, len);
+    c->buf_len += (uint32_t)len;
+    c->p->st.buffered_bytes += len;
+    return 0;
+}
+
+static void drop_buf(struct sconn *c)
+{
+    c->p->st.buffered_bytes -= c->buf_len;
+    free(c->buf);
+    c->buf = NULL;
+    c->buf_len = c->buf_cap = 0;
+}
+
+/* The chash key and the variables it may name. */
+struct keyvars {
+    struct sconn *c;
+    const char *client_id;
+    size_t client_id_len;
+    char remote[64], server[64], rport[8], sport[8];
+};
+
+static const char *stream_var(void *ud, const char *name, size_t *len)
+{
+    struct keyvars *kv = ud;
+    const char *v = NULL;
+    if (strcmp(name, "mqtt_client_id") == 0 && kv->client_id && kv->client_id_len) {
+        *len = kv->client_id_len;
+        return kv->client_id;
+    }
+    if (strcmp(name, "remote_addr") == 0)
+        v = kv->remote;
+    else if (strcmp(name, "server_addr") == 0)
+        v = kv->server;
+    else if (strcmp(name, "remote_port") == 0)
+        v = kv->rport;
+    else if (strcmp(name, "server_port") == 0)
+        v = kv->sport;
+    if (v && *v) {
+        *len = strlen(v);
+        return v;
+    }
+    return NULL;
+}
+
+static void fill_vars(struct sconn *c, struct keyvars *kv)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    kv->remote[0] = kv->server[0] = kv->rport[0] = kv->sport[0] = '\0';
+    if (uv_tcp_getpeername(&c->client, (struct sockaddr *)&ss, &len) == 0) {
+        netaddr_format_ip((struct sockaddr *)&ss, kv->remote, sizeof(kv->remote));
+        snprintf(kv->rport, sizeof(kv->rport), "%u",
+                 ntohs(((struct sockaddr_in *)&ss)->sin_port));
+    }
+    len = sizeof(ss);
+    if (uv_tcp_getsockname(&c->client, (struct sockaddr *)&ss, &len) == 0) {
+        netaddr_format_ip((struct sockaddr *)&ss, kv->server, sizeof(kv->server));
+        snprintf(kv->sport, sizeof(kv->sport), "%u",
+                 ntohs(((struct sockaddr_in *)&ss)->sin_port));
+    }
+}
+
+static const char *node_addr(const struct upstream_rt *up, int idx)
+{
+    const struct balancer_node *n = balancer_node(up->bal, idx);
+    return n ? n->addr : "?";
+}
+
+static void on_up_connect(uv_connect_t *req, int status)
+{
+    struct upconn *u = req->data;
+    struct sconn *c = u->c;
+    if (!c || c->state != S_UP_CONNECTING || c->up != u)
+        return;
+    uint32_t took = (uint32_t)(uv_now(c->p->loop) - (c->deadline - c->route->up->timeout.connect_ms));
+    if (status < 0) {
+        log_info("stream: route %s: node %s: %s", c->route->id,
+                 node_addr(c->route->up, c->node), uv_strerror(status));
+        upstream_report(c->route->up, c->node, false, took);
+        close_up(c);
+        try_next_node(c);
+        return;
+    }
+    upstream_report(c->route->up, c->node, true, took);
+    start_proxying(c);
+}
+
+static void try_next_node(struct sconn *c)
+{
+    struct upstream_rt *up = c->route->up;
+    int retries = up->retries < 0 ? 64 : up->retries;
+    if (c->attempts > retries) {
+        refuse(c, MQTT_REFUSE_UNAVAILABLE, "no upstream node reachable");
+        return;
+    }
+    struct keyvars kv = {.c = c};
+    struct mqtt_connect mc;
+    if (c->level && c->buf &&
+        mqtt_parse_connect((const uint8_t *)c->buf, c->buf_len, c->p->o.mqtt_max_connect_bytes,
+                           &mc) > 0) {
+        kv.client_id = (const char *)mc.client_id.ptr;
+        kv.client_id_len = mc.client_id.len;
+    }
+    fill_vars(c, &kv);
+    struct route_query q = {.var = stream_var, .var_ud = &kv};
+    char key[KEY_MAX];
+    size_t klen = snapshot_hash_key(up, &q, key, sizeof(key));
+    struct upstream_node n;
+    if (upstream_pick(up, key, klen, &c->tried, &n) < 0) {
+        refuse(c, MQTT_REFUSE_UNAVAILABLE, "no upstream node available");
+        return;
+    }
+    if (c->node >= 0 && c->counted) {
+        upstream_conn_end(up, c->node);
+        c->counted = 0;
+    }
+    c->node = n.index;
+    if (n.index < 64)
+        c->tried |= 1ull << n.index;
+    c->attempts++;
+    struct sockaddr_storage sa;
+    memset(&sa, 0, sizeof(sa));
+    if (uv_ip4_addr(n.host, n.port, (struct sockaddr_in *)&sa) != 0 &&
+        uv_ip6_addr(n.host, n.port, (struct sockaddr_in6 *)&sa) != 0) {
+        log_warn("stream: route %s: node %s is not an IP address (names are not resolved for "
+                 "streams yet)",
+                 c->route->id, n.addr);
+        try_next_node(c);
+        return;
+    }
+    struct upconn *u = calloc(1, sizeof(*u));
+    if (!u) {
+        conn_close(c);
+        return;
+    }
+    u->c = c;
+    uv_tcp_init(c->p->loop, &u->tcp);
+    u->tcp.data = c;
+    u->creq.data = u;
+    c->up = u;
+    c->handles++;
+    c->state = S_UP_CONNECTING;
+    c->deadline = uv_now(c->p->loop) + up->timeout.connect_ms;
+    upstream_conn_start(up, n.index);
+    c->counted = 1;
+    int rc = uv_tcp_connect(&u->creq, &u->tcp, (struct sockaddr *)&sa, on_up_connect);
+    if (rc < 0) {
+        close_up(c);
+        try_next_node(c);
+    }
+}
+
+static void on_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    (void)status;
+    free(req);
+}
+
+/* Passes a FIN on to s once the bytes queued on it are out. */
+static void half_close(struct sconn *c, uv_stream_t *s)
+{
+    uv_shutdown_t *req = malloc(sizeof(*req));
+    if (!req || uv_shutdown(req, s, on_shutdown) < 0) {
+        free(req);
+        conn_close(c);
+    }
+}
+
+static void start_proxying(struct sconn *c)
+{
+    c->state = S_PROXYING;
+    c->p->st.proxied_total++;
+    c->last_active = uv_now(c->p->loop);
+    uv_tcp_nodelay(&c->up->tcp, 1);
+    if (c->buf_len) {
+        int rc = send_bytes(c, (uv_stream_t *)&c->up->tcp, c->buf, c->buf_len);
+        drop_buf(c);
+        if (rc < 0) {
+            conn_close(c);
+            return;
+        }
+    } else {
+        drop_buf(c);
+    }
+    uv_read_start((uv_stream_t *)&c->up->tcp, on_alloc, on_up_read);
+    if (!c->client_eof) {
+        uv_read_start((uv_stream_t *)&c->client, on_alloc, on_client_read);
+        return;
+    }
+    /* The client finished sending before the upstream answered. */
+    half_close(c, (uv_stream_t *)&c->up->tcp);
+}
+
+/* A whole CONNECT is in c->buf: check it against the route, then connect. */
+static void on_connect_packet(struct sconn *c, const struct mqtt_connect *mc)
+{
+    const struct stream_route_rt *r = c->route;
+    c->level = mc->level;
+    if (r->mqtt_name && (mc->protocol_name.len != strlen(r->mqtt_name) ||
+                         memcmp(mc->protocol_name.ptr, r->mqtt_name, mc->protocol_name.len))) {
+        refuse(c, MQTT_REFUSE_VERSION, "protocol name not accepted by the route");
+        return;
+    }
+    if (r->mqtt_level >= 0 && mc->level != r->mqtt_level) {
+        refuse(c, MQTT_REFUSE_VERSION, "protocol level not accepted by the route");
+        return;
+    }
+    if (!r->up) {
+        refuse(c, MQTT_REFUSE_UNAVAILABLE, "route has no upstream");
+        return;
+    }
+    try_next_node(c);
+}
+
+/* Bytes before the upstream is connected: the MQTT CONNECT (parsed as it
+ * grows), or a plain TCP client's first bytes (kept until the connect). */
+static void early_bytes(struct sconn *c, const char *data, size_t len)
+{
+    struct stream_proxy *p = c->p;
+    if (!c->route->mqtt) {
+        if (buf_append(c, data, len, (size_t)HIGH_WATER + sizeof(p->rbuf)) < 0) {
+            conn_close(c);
+            return;
+        }
+        if (c->buf_len >= HIGH_WATER)
+            uv_read_stop((uv_stream_t *)&c->client); /* resumed by start_proxying */
+        return;
+    }
+    if (c->state != S_CONNECT_WAIT) {
+        /* Pipelined after the CONNECT while connecting: keep it, bounded. */
+        if (buf_append(c, data, len, p->o.mqtt_max_connect_bytes + (size_t)HIGH_WATER) < 0)
+            conn_close(c);
+        return;
+    }
+    if (buf_append(c, data, len, p->o.mqtt_max_connect_bytes + 4096u) < 0) {
+        uint8_t lvl = 0;
+        if (mqtt_peek_level((const uint8_t *)c->buf, c->buf_len, &lvl) == 1)
+            c->level = lvl;
+        refuse(c, MQTT_REFUSE_TOO_LARGE, "CONNECT too large");
+        return;
+    }
+    struct mqtt_connect mc;
+    int n = mqtt_parse_connect((const uint8_t *)c->buf, c->buf_len, p->o.mqtt_max_connect_bytes,
+                               &mc);
+    if (n == 0)
+        return;
+    if (n > 0) {
+        on_connect_packet(c, &mc);
+        return;
+    }
+    uint8_t lvl = 0;
+    if (mqtt_peek_level((const uint8_t *)c->buf, c->buf_len, &lvl) == 1)
+        c->level = lvl;
+    switch (n) {
+    case MQTT_ERR_NOT_MQTT:
+        c->level = 0; /* not MQTT at all: no reply */
+        refuse(c, MQTT_REFUSE_MALFORMED, "not MQTT");
+        break;
+    case MQTT_ERR_PROTOCOL_NAME:
+    case MQTT_ERR_PROTOCOL_LEVEL:
+        refuse(c, MQTT_REFUSE_VERSION, "unsupported protocol");
+        break;
+    case MQTT_ERR_TOO_LARGE:
+        refuse(c, MQTT_REFUSE_TOO_LARGE, "CONNECT too large");
+        break;
+    default:
+        refuse(c, MQTT_REFUSE_MALFORMED, "malformed CONNECT");
+    }
+}
+
+static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct sconn *c = s->data;
+    if (c->state == S_CLOSING || c->state == S_FLUSHING)
+        return;
+    if (nread < 0) {
+        if (nread != UV_EOF) {
+            conn_close(c);
+            return;
+        }
+        c->client_eof = 1;
+        uv_read_stop(s);
+        if (c->state == S_CONNECT_WAIT && c->route->mqtt) {
+            conn_close(c); /* gone before a whole CONNECT */
+            return;
+        }
+        if (c->state != S_PROXYING)
+            return; /* start_proxying passes the FIN on */
+        /* Half-close: pass the FIN on once the queued bytes are out. */
+        if (c->up_eof) {
+            conn_close(c);
+            return;
+        }
+        half_close(c, (uv_stream_t *)&c->up->tcp);
+        return;
+    }
+    if (nread == 0)
+        return;
+    c->last_active = uv_now(c->p->loop);
+    if (c->state != S_PROXYING) {
+        early_bytes(c, buf->base, (size_t)nread);
+        return;
+    }
+    uv_stream_t *peer = (uv_stream_t *)&c->up->tcp;
+    if (send_bytes(c, peer, buf->base, (size_t)nread) < 0) {
+        conn_close(c);
+        return;
+    }
+    if (uv_stream_get_write_queue_size(peer) > HIGH_WATER) {
+        uv_read_stop(s);
+        c->client_paused = 1;
+    }
+}
+
+static void on_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct sconn *c = s->data;
+    if (c->state != S_PROXYING)
+        return;
+    if (nread < 0) {
+        if (nread != UV_EOF) {
+            conn_close(c);
+            return;
+        }
+        c->up_eof = 1;
+        uv_read_stop(s);
+        if (c->client_eof) {
+            conn_close(c);
+            return;
+        }
+        half_close(c, (uv_stream_t *)&c->client);
+        return;
+    }
+    if (nread == 0)
+        return;
+    c->last_active = uv_now(c->p->loop);
+    uv_stream_t *peer = (uv_stream_t *)&c->client;
+    if (send_bytes(c, peer, buf->base, (size_t)nread) < 0) {
+        conn_close(c);
+        return;
+    }
+    if (uv_stream_get_write_queue_size(peer) > HIGH_WATER) {
+        uv_read_stop(s);
+        c->up_paused = 1;
+    }
+}
+
+static void resume_reading(struct sconn *c)
+{
+    if (c->state != S_PROXYING || !c->up)
+        return;
+    if (c->client_paused && !c->client_eof &&
+        uv_stream_get_write_queue_size((uv_stream_t *)&c->up->tcp) <= HIGH_WATER / 2) {
+        c->client_paused = 0;
+        uv_read_start((uv_stream_t *)&c->client, on_alloc, on_client_read);
+    }
+    if (c->up_paused && !c->up_eof &&
+        uv_stream_get_write_queue_size((uv_stream_t *)&c->client) <= HIGH_WATER / 2) {
+        c->up_paused = 0;
+        uv_read_start((uv_stream_t *)&c->up->tcp, on_alloc, on_up_read);
+    }
+}
+
+/* ---- accepting and timeouts ---- */
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    struct stream_proxy *p = server->data;
+    if (status < 0 || p->draining)
+        return;
+    struct sconn *c = calloc(1, sizeof(*c));
+    if (!c)
+        return;
+    c->p = p;
+    c->node = -1;
+    uv_tcp_init(p->loop, &c->client);
+    c->client.data = c;
+    c->handles = 1;
+    c->next = p->conns;
+    if (p->conns)
+        p->conns->prev = c;
+    p->conns = c;
+    p->st.connections_active++;
+    p->st.connections_total++;
+    if (uv_accept(server, (uv_stream_t *)&c->client) < 0 ||
+        p->st.connections_active > p->o.max_connections) {
+        conn_close(c);
+        return;
+    }
+    struct snapshot *snap = p->current(p->current_ud);
+    struct sockaddr_storage local, remote;
+    int l1 = sizeof(local), l2 = sizeof(remote);
+    if (!snap || uv_tcp_getsockname(&c->client, (struct sockaddr *)&local, &l1) < 0 ||
+        uv_tcp_getpeername(&c->client, (struct sockaddr *)&remote, &l2) < 0) {
+        conn_close(c);
+        return;
+    }
+    c->route = snapshot_stream_match(snap, (struct sockaddr *)&local, (struct sockaddr *)&remote,
+                                     NULL);
+    if (!c->route) {
+        p->st.refused_total++;
+        conn_close(c);
+        return;
+    }
+    c->snap = snapshot_ref(snap);
+    uv_tcp_nodelay(&c->client, 1);
+    c->last_active = uv_now(p->loop);
+    if (c->route->mqtt) {
+        c->state = S_CONNECT_WAIT;
+        c->deadline = c->last_active + p->o.mqtt_connect_timeout_ms;
+        uv_read_start((uv_stream_t *)&c->client, on_alloc, on_client_read);
+        return;
+    }
+    if (!c->route->up) {
+        p->st.refused_total++;
+        conn_close(c);
+        return;
+    }
+    /* Plain TCP: connect now; early client bytes wait in c->buf. */
+    c->state = S_CONNECT_WAIT;
+    uv_read_start((uv_stream_t *)&c->client, on_alloc, on_client_read);
+    try_next_node(c);
+}
+
+static void on_sweep(uv_timer_t *t)
+{
+    struct stream_proxy *p = t->data;
+    uint64_t now = uv_now(p->loop);
+    for (struct sconn *c = p->conns, *next; c; c = next) {
+        next = c->next;
+        switch (c->state) {
+        case S_CONNECT_WAIT:
+            if (c->route && c->route->mqtt && now >= c->deadline) {
+                log_debug("stream: no whole CONNECT within %u ms; closing",
+                          p->o.mqtt_connect_timeout_ms);
+                p->st.refused_total++;
+                conn_close(c);
+            }
+            break;
+        case S_UP_CONNECTING:
+            if (now >= c->deadline) {
+                log_info("stream: route %s: node %s: connect timed out", c->route->id,
+                         node_addr(c->route->up, c->node));
+                upstream_report(c->route->up, c->node, false, c->route->up->timeout.connect_ms);
+                close_up(c);
+                try_next_node(c);
+            }
+            break;
+        case S_PROXYING:
+            if (now - c->last_active >= p->o.idle_timeout_ms)
+                conn_close(c);
+            break;
+        case S_FLUSHING:
+            if (now >= c->deadline)
+                conn_close(c);
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+static void on_proxy_handle_closed(uv_handle_t *h);
+
+struct stream_proxy *stream_proxy_start(uv_loop_t *loop, int listen_fd,
+                                        const struct stream_proxy_opts *o,
+                                        struct snapshot *(*current)(void *ud), void *ud,
+                                        char *err, size_t errlen)
+{
+    struct stream_proxy *p = calloc(1, sizeof(*p));
+    if (!p) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    p->loop = loop;
+    if (o)
+        p->o = *o;
+    else
+        stream_proxy_opts_init(&p->o);
+    p->current = current;
+    p->current_ud = ud;
+    uv_tcp_init(loop, &p->listener);
+    p->listener.data = p;
+    int rc = uv_tcp_open(&p->listener, listen_fd);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&p->listener, 511, on_connection);
+    if (rc < 0) {
+        snprintf(err, errlen, "stream listener: %s", uv_strerror(rc));
+        p->freeing = 1;
+        p->open = 1; /* freed by the listener's close callback */
+        uv_close((uv_handle_t *)&p->listener, on_proxy_handle_closed);
+        return NULL;
+    }
+    uv_timer_init(loop, &p->sweep);
+    p->sweep.data = p;
+    uv_timer_start(&p->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
+    p->open = 2;
+    return p;
+}
+
+static void on_proxy_handle_closed(uv_handle_t *h)
+{
+    struct stream_proxy *p = h->data;
+    p->open--;
+    maybe_free_proxy(p);
+}
+
+void stream_proxy_drain(struct stream_proxy *p, void (*done)(void *ud), void *ud)
+{
+    p->draining = 1;
+    p->drain_done = done;
+    p->drain_ud = ud;
+    uv_close((uv_handle_t *)&p->listener, on_proxy_handle_closed);
+    /* Connections still waiting for their CONNECT are not sessions yet. */
+    for (struct sconn *c = p->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->state == S_CONNECT_WAIT)
+            conn_close(c);
+    }
+    if (!p->conns) {
+        p->drain_done = NULL;
+        done(ud);
+    }
+}
+
+void stream_proxy_free(struct stream_proxy *p)
+{
+    if (!p)
+        return;
+    p->freeing = 1;
+    p->drain_done = NULL;
+    if (!uv_is_closing((uv_handle_t *)&p->listener))
+        uv_close((uv_handle_t *)&p->listener, on_proxy_handle_closed);
+    uv_close((uv_handle_t *)&p->sweep, on_proxy_handle_closed);
+    for (struct sconn *c = p->conns; c; c = c->next)
+        conn_close(c);
+}
+
+void stream_proxy_get_stats(const struct stream_proxy *p, struct stream_proxy_stats *out)
+{
+    *out = p->st;
+}
