@@ -163,7 +163,8 @@ static int load_limits(struct dp_limits *l, const json_t *o, char *err, size_t e
     static const char *const keys[] = {"max_header_bytes", "max_headers", "max_body_bytes",
                                        "client_header_timeout", "client_body_timeout",
                                        "keepalive_timeout", "send_timeout", "max_connections",
-                                       NULL};
+                                       "mqtt_connect_timeout", "mqtt_max_connect_bytes",
+                                       "stream_idle_timeout", NULL};
     int rc;
     long long n;
     json_t *v;
@@ -187,6 +188,12 @@ static int load_limits(struct dp_limits *l, const json_t *o, char *err, size_t e
             return rc;
         l->max_body_bytes = (unsigned long long)n;
     }
+    if ((v = json_object_get(o, "mqtt_max_connect_bytes"))) {
+        if ((rc = cfg_int(v, "dataplane.limits.mqtt_max_connect_bytes", 64, 268435455, &n, err,
+                          errlen)))
+            return rc;
+        l->mqtt_max_connect_bytes = (unsigned)n;
+    }
     if ((v = json_object_get(o, "max_connections"))) {
         if ((rc = cfg_int(v, "dataplane.limits.max_connections", 1, 10000000, &n, err, errlen)))
             return rc;
@@ -198,7 +205,9 @@ static int load_limits(struct dp_limits *l, const json_t *o, char *err, size_t e
     } t[] = {{"client_header_timeout", &l->client_header_timeout_ms},
              {"client_body_timeout", &l->client_body_timeout_ms},
              {"keepalive_timeout", &l->keepalive_timeout_ms},
-             {"send_timeout", &l->send_timeout_ms}};
+             {"send_timeout", &l->send_timeout_ms},
+             {"mqtt_connect_timeout", &l->mqtt_connect_timeout_ms},
+             {"stream_idle_timeout", &l->stream_idle_timeout_ms}};
     for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
         if ((v = json_object_get(o, t[i].name))) {
             char path[64];
@@ -369,6 +378,9 @@ int dp_settings_load(struct dp_settings *s, int argc, char **argv, char *err, si
         .keepalive_timeout_ms = 60000,
         .send_timeout_ms = 60000,
         .max_connections = 10240,
+        .mqtt_connect_timeout_ms = 10000,
+        .mqtt_max_connect_bytes = 65536,
+        .stream_idle_timeout_ms = 600000,
     };
 
     opterr = 0;

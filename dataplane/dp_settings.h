@@ -22,6 +22,9 @@ struct dp_limits {
     unsigned keepalive_timeout_ms;     /* idle client connection */
     unsigned send_timeout_ms;          /* client not reading */
     unsigned max_connections;          /* per worker */
+    unsigned mqtt_connect_timeout_ms;  /* whole MQTT CONNECT within this */
+    unsigned mqtt_max_connect_bytes;   /* CONNECT size limit */
+    unsigned stream_idle_timeout_ms;   /* stream connection with no byte either way */
 };
 
 struct dp_settings {

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netdb.h>
 
 #include "balancer.h"
 #include "log.h"
@@ -36,8 +37,16 @@ struct upconn {
     struct sconn *c;       /* owner, NULL once it let go */
 };
 
+/* A host name being resolved for one attempt. */
+struct dnsreq {
+    uv_getaddrinfo_t req;  /* req.data = dnsreq */
+    struct sconn *c;       /* owner, NULL once it let go (closed or timed out) */
+    uint16_t port;         /* node port */
+};
+
 struct sconn {
     uv_tcp_t client;                    /* client.data = sconn */
+    struct dnsreq *dns;                 /* resolution under way, or NULL */
     struct stream_proxy *p;             /* owner */
     struct sconn *prev, *next;          /* p->conns */
     struct snapshot *snap;              /* revision this connection was routed with */
@@ -146,11 +155,21 @@ static void close_up(struct sconn *c)
         uv_close((uv_handle_t *)&u->tcp, on_handle_closed);
 }
 
+static void drop_dns(struct sconn *c)
+{
+    if (!c->dns)
+        return;
+    c->dns->c = NULL;
+    uv_cancel((uv_req_t *)&c->dns->req);
+    c->dns = NULL;
+}
+
 static void conn_close(struct sconn *c)
 {
     if (c->state == S_CLOSING)
         return;
     c->state = S_CLOSING;
+    drop_dns(c);
     close_up(c);
     if (!uv_is_closing((uv_handle_t *)&c->client))
         uv_close((uv_handle_t *)&c->client, on_handle_closed);
@@ -352,6 +371,39 @@ static void on_up_connect(uv_connect_t *req, int status)
     start_proxying(c);
 }
 
+static void connect_to(struct sconn *c, const struct sockaddr *sa);
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    struct dnsreq *d = req->data;
+    struct sconn *c = d->c;
+    if (c)
+        c->dns = NULL;
+    if (!c || c->state != S_UP_CONNECTING) {
+        uv_freeaddrinfo(res);
+        free(d);
+        return;
+    }
+    if (status < 0 || !res) {
+        log_info("stream: route %s: node %s: cannot resolve: %s", c->route->id,
+                 node_addr(c->route->up, c->node), uv_strerror(status));
+        upstream_report(c->route->up, c->node, false, 0);
+        uv_freeaddrinfo(res);
+        free(d);
+        try_next_node(c);
+        return;
+    }
+    struct sockaddr_storage sa;
+    memcpy(&sa, res->ai_addr, res->ai_addrlen);
+    if (sa.ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)&sa)->sin6_port = htons(d->port);
+    else
+        ((struct sockaddr_in *)&sa)->sin_port = htons(d->port);
+    uv_freeaddrinfo(res);
+    free(d);
+    connect_to(c, (struct sockaddr *)&sa);
+}
+
 static void try_next_node(struct sconn *c)
 {
     struct upstream_rt *up = c->route->up;
@@ -385,16 +437,37 @@ static void try_next_node(struct sconn *c)
     if (n.index < 64)
         c->tried |= 1ull << n.index;
     c->attempts++;
+    c->state = S_UP_CONNECTING;
+    c->deadline = uv_now(c->p->loop) + up->timeout.connect_ms;
+    upstream_conn_start(up, n.index);
+    c->counted = 1;
     struct sockaddr_storage sa;
     memset(&sa, 0, sizeof(sa));
-    if (uv_ip4_addr(n.host, n.port, (struct sockaddr_in *)&sa) != 0 &&
-        uv_ip6_addr(n.host, n.port, (struct sockaddr_in6 *)&sa) != 0) {
-        log_warn("stream: route %s: node %s is not an IP address (names are not resolved for "
-                 "streams yet)",
-                 c->route->id, n.addr);
-        try_next_node(c);
+    if (uv_ip4_addr(n.host, n.port, (struct sockaddr_in *)&sa) == 0 ||
+        uv_ip6_addr(n.host, n.port, (struct sockaddr_in6 *)&sa) == 0) {
+        connect_to(c, (struct sockaddr *)&sa);
         return;
     }
+    /* A host name: resolve it (bounded by the same connect deadline). */
+    struct dnsreq *d = calloc(1, sizeof(*d));
+    if (!d) {
+        conn_close(c);
+        return;
+    }
+    d->c = c;
+    d->port = n.port;
+    d->req.data = d;
+    c->dns = d;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    if (uv_getaddrinfo(c->p->loop, &d->req, on_resolved, n.host, NULL, &hints) < 0) {
+        c->dns = NULL;
+        free(d);
+        try_next_node(c);
+    }
+}
+
+static void connect_to(struct sconn *c, const struct sockaddr *sa)
+{
     struct upconn *u = calloc(1, sizeof(*u));
     if (!u) {
         conn_close(c);
@@ -406,11 +479,7 @@ static void try_next_node(struct sconn *c)
     u->creq.data = u;
     c->up = u;
     c->handles++;
-    c->state = S_UP_CONNECTING;
-    c->deadline = uv_now(c->p->loop) + up->timeout.connect_ms;
-    upstream_conn_start(up, n.index);
-    c->counted = 1;
-    int rc = uv_tcp_connect(&u->creq, &u->tcp, (struct sockaddr *)&sa, on_up_connect);
+    int rc = uv_tcp_connect(&u->creq, &u->tcp, sa, on_up_connect);
     if (rc < 0) {
         close_up(c);
         try_next_node(c);
@@ -712,6 +781,7 @@ static void on_sweep(uv_timer_t *t)
                 log_info("stream: route %s: node %s: connect timed out", c->route->id,
                          node_addr(c->route->up, c->node));
                 upstream_report(c->route->up, c->node, false, c->route->up->timeout.connect_ms);
+                drop_dns(c);
                 close_up(c);
                 try_next_node(c);
             }

@@ -329,6 +329,9 @@ int worker_main(int argc, char **argv)
     }
     stream_proxy_opts_init(&w->so);
     w->so.worker_id = w->s.worker_index;
+    w->so.mqtt_connect_timeout_ms = w->s.limits.mqtt_connect_timeout_ms;
+    w->so.mqtt_max_connect_bytes = w->s.limits.mqtt_max_connect_bytes;
+    w->so.idle_timeout_ms = w->s.limits.stream_idle_timeout_ms;
     struct http_proxy_opts *po = &w->po;
     http_proxy_opts_init(po);
     po->max_header_bytes = w->s.limits.max_header_bytes;
