@@ -167,10 +167,8 @@ static int read_props_block(struct cur *c, struct mqtt_bytes *v)
     }
     if (n < 0)
         return n;
-    int rc = need(c, (size_t)n);
-    if (rc)
-        return rc;
-    rc = need(c, (size_t)n + plen);
+    /* the varint itself was inside have, so inside the packet */
+    int rc = need(c, (size_t)n + plen);
     if (rc)
         return rc;
     v->ptr = c->buf + c->pos + n;

@@ -90,6 +90,8 @@ struct wblock {
 
 static void conn_close(struct sconn *c);
 static void try_next_node(struct sconn *c);
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void drop_buf(struct sconn *c);
 static void start_proxying(struct sconn *c);
 
 void stream_proxy_opts_init(struct stream_proxy_opts *o)
@@ -190,11 +192,8 @@ static void on_block_written(uv_write_t *req, int status)
             conn_close(c);
         return;
     }
-    if (c->state == S_FLUSHING) {
-        if (uv_stream_get_write_queue_size((uv_stream_t *)&c->client) == 0)
-            conn_close(c);
-        return;
-    }
+    if (c->state == S_FLUSHING)
+        return; /* the FIN follows the queued bytes; the sweep bounds the rest */
     resume_reading(c);
 }
 
@@ -230,15 +229,40 @@ static int send_bytes(struct sconn *c, uv_stream_t *s, const char *data, size_t 
 
 /* ---- answers before the upstream ---- */
 
+static void on_flush_shutdown(uv_shutdown_t *req, int status)
+{
+    (void)status;
+    free(req);
+}
+
+/* Unread input while flushing is read and dropped: closing a socket with
+ * unread bytes sends a reset, which can destroy the CONNACK in flight. */
+static void on_discard(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct sconn *c = s->data;
+    (void)buf;
+    if (nread < 0 && c->state == S_FLUSHING)
+        conn_close(c);
+}
+
+/* Sends a last answer (a CONNACK), then a FIN, then waits (bounded by the
+ * sweep) for the client to close. */
 static void answer_and_close(struct sconn *c, const uint8_t *bytes, size_t len)
 {
     close_up(c);
-    uv_read_stop((uv_stream_t *)&c->client);
+    drop_dns(c);
     c->state = S_FLUSHING;
-    c->deadline = uv_now(c->p->loop) + 5000;
-    if (send_bytes(c, (uv_stream_t *)&c->client, (const char *)bytes, len) < 0 ||
-        uv_stream_get_write_queue_size((uv_stream_t *)&c->client) == 0)
+    c->deadline = uv_now(c->p->loop) + 2000;
+    drop_buf(c);
+    uv_read_stop((uv_stream_t *)&c->client);
+    uv_shutdown_t *req = malloc(sizeof(*req));
+    if (send_bytes(c, (uv_stream_t *)&c->client, (const char *)bytes, len) < 0 || !req ||
+        uv_shutdown(req, (uv_stream_t *)&c->client, on_flush_shutdown) < 0) {
+        free(req);
         conn_close(c);
+        return;
+    }
+    uv_read_start((uv_stream_t *)&c->client, on_alloc, on_discard);
 }
 
 static void refuse(struct sconn *c, enum mqtt_refusal why, const char *what)
@@ -542,6 +566,10 @@ static void on_connect_packet(struct sconn *c, const struct mqtt_connect *mc)
     }
     if (r->mqtt_level >= 0 && mc->level != r->mqtt_level) {
         refuse(c, MQTT_REFUSE_VERSION, "protocol level not accepted by the route");
+        return;
+    }
+    if (!mqtt_client_id_acceptable(mc)) {
+        refuse(c, MQTT_REFUSE_CLIENT_ID, "client identifier not valid for this version");
         return;
     }
     if (!r->up) {
