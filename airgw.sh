@@ -19,7 +19,7 @@ DATA=${AIRGW_DATA:-$ROOT/airgw-data}
 # Packages: what it takes to build and run, and what the tests add.
 RUN_PKGS="gcc meson ninja-build pkg-config python3 curl libuv1-dev libmicrohttpd-dev
   libsqlite3-dev libjansson-dev libyaml-dev libpcre2-dev node-llhttp"
-TEST_PKGS="clang libclang-rt-14-dev sqlite3"
+TEST_PKGS="clang libclang-rt-14-dev sqlite3 mosquitto mosquitto-clients"
 
 install_pkgs() {
     local missing=()
