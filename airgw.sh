@@ -18,8 +18,8 @@ DATA=${AIRGW_DATA:-$ROOT/airgw-data}
 
 # Packages: what it takes to build and run, and what the tests add.
 RUN_PKGS="gcc meson ninja-build pkg-config python3 curl libuv1-dev libmicrohttpd-dev
-  libsqlite3-dev libjansson-dev libyaml-dev libpcre2-dev node-llhttp"
-TEST_PKGS="clang libclang-rt-14-dev sqlite3 mosquitto mosquitto-clients"
+  libsqlite3-dev libjansson-dev libyaml-dev libpcre2-dev node-llhttp android-libboringssl-dev"
+TEST_PKGS="clang libclang-rt-14-dev sqlite3 openssl mosquitto mosquitto-clients"
 
 install_pkgs() {
     local missing=()
@@ -77,7 +77,7 @@ cmd_start() {
         echo "the data plane is already running"
     else
         nohup build/dataplane/airgw-dataplane --control-plane 127.0.0.1:9280 \
-            --http-listen 127.0.0.1:9080 --metrics-listen 127.0.0.1:9091 \
+            --http-listen 127.0.0.1:9080 --https-listen 127.0.0.1:9443 --stream-listen 127.0.0.1:9100 --metrics-listen 127.0.0.1:9091 \
             --state-dir "$DATA/dataplane" --node-id "$(hostname)-dp1" \
             >>"$DATA/dataplane.log" 2>&1 &
         echo $! >"$DATA/dataplane.pid"

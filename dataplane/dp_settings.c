@@ -26,6 +26,7 @@ static const char usage[] =
     "      --standalone FILE        serve APISIX standalone YAML/JSON (apisix.yaml) instead\n"
     "      --workers N              worker processes (default: one per core)\n"
     "      --http-listen A:P        HTTP listener, repeatable (default 0.0.0.0:9080)\n"
+    "      --https-listen A:P|off   HTTPS listener, repeatable (default 0.0.0.0:9443)\n"
     "      --metrics-listen A:P     Prometheus metrics (default 127.0.0.1:9091)\n"
     "      --stream-listen A:P      stream (TCP, MQTT) listener, repeatable (default none)\n"
     "      --stream-tls-listen A:P  stream listener over TLS, repeatable\n"
@@ -40,7 +41,7 @@ static const char usage[] =
 
 enum { OPT_CP = 256, OPT_STANDALONE, OPT_WORKERS, OPT_HTTP_LISTEN, OPT_METRICS_LISTEN,
        OPT_STATE_DIR, OPT_NODE_ID, OPT_LOG_LEVEL, OPT_ACCESS_LOG, OPT_ACCESS_LOG_FORMAT,
-       OPT_WORKER, OPT_STREAM_LISTEN, OPT_STREAM_TLS_LISTEN };
+       OPT_WORKER, OPT_STREAM_LISTEN, OPT_STREAM_TLS_LISTEN, OPT_HTTPS_LISTEN };
 
 static const struct option longopts[] = {
     {"config", required_argument, NULL, 'c'},
@@ -57,6 +58,7 @@ static const struct option longopts[] = {
     {"worker", required_argument, NULL, OPT_WORKER},
     {"stream-listen", required_argument, NULL, OPT_STREAM_LISTEN},
     {"stream-tls-listen", required_argument, NULL, OPT_STREAM_TLS_LISTEN},
+    {"https-listen", required_argument, NULL, OPT_HTTPS_LISTEN},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -89,6 +91,24 @@ static int add_listen(struct dp_settings *s, const char *v, const char *what, ch
     if (netaddr_parse(v, &s->http_listen[s->nhttp], why, sizeof(why)) < 0)
         return cfg_fail(err, errlen, "%s: %s", what, why);
     s->nhttp++;
+    return 0;
+}
+
+/* An HTTPS listener; "off" removes those given so far (none: no HTTPS). */
+static int add_https(struct dp_settings *s, const char *v, const char *what, char *err,
+                     size_t errlen)
+{
+    char why[200];
+    s->https_given = 1;
+    if (strcmp(v, "off") == 0) {
+        s->nhttps = 0;
+        return 0;
+    }
+    if (s->nhttps == DP_MAX_LISTEN)
+        return cfg_fail(err, errlen, "%s: at most %d listeners", what, DP_MAX_LISTEN);
+    if (netaddr_parse(v, &s->https_listen[s->nhttps], why, sizeof(why)) < 0)
+        return cfg_fail(err, errlen, "%s: %s", what, why);
+    s->nhttps++;
     return 0;
 }
 
@@ -250,7 +270,7 @@ static int load_file(struct dp_settings *s, const char *path, char *err, size_t 
     static const char *const keys[] = {"control_plane", "standalone", "workers", "http_listen",
                                        "metrics_listen", "state_dir", "node_id", "log_level",
                                        "access_log", "access_log_format", "drain_timeout",
-                                       "limits", "stream_proxy", NULL};
+                                       "limits", "stream_proxy", "https_listen", NULL};
     if ((rc = cfg_want(d, JSON_OBJECT, "dataplane", "a mapping", err, errlen)) ||
         (rc = cfg_only_keys(d, "dataplane", keys, err, errlen)))
         goto out;
@@ -305,6 +325,30 @@ static int load_file(struct dp_settings *s, const char *path, char *err, size_t 
             }
         } else {
             rc = cfg_fail(err, errlen, "config: \"dataplane.http_listen\" must be a list");
+        }
+        if (rc)
+            goto out;
+    }
+    if ((v = json_object_get(d, "https_listen"))) {
+        s->nhttps = 0;
+        s->https_given = 1;
+        if (json_is_string(v)) {
+            rc = add_https(s, json_string_value(v), "dataplane.https_listen", err, errlen);
+        } else if (json_is_array(v)) {
+            size_t i;
+            json_t *e;
+            json_array_foreach(v, i, e) {
+                if (!json_is_string(e)) {
+                    rc = cfg_fail(err, errlen, "config: dataplane.https_listen[%zu] must be "
+                                               "ADDR:PORT", i + 1);
+                    break;
+                }
+                if ((rc = add_https(s, json_string_value(e), "dataplane.https_listen", err,
+                                    errlen)))
+                    break;
+            }
+        } else {
+            rc = cfg_fail(err, errlen, "config: \"dataplane.https_listen\" must be a list");
         }
         if (rc)
             goto out;
@@ -409,7 +453,7 @@ int dp_settings_load(struct dp_settings *s, int argc, char **argv, char *err, si
     if (s->config_file && (rc = load_file(s, s->config_file, err, errlen)))
         return rc;
 
-    int listen_from_flags = 0, stream_from_flags = 0;
+    int listen_from_flags = 0, stream_from_flags = 0, https_from_flags = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "c:hV", longopts, NULL)) != -1) {
         char *end;
@@ -473,6 +517,13 @@ int dp_settings_load(struct dp_settings *s, int argc, char **argv, char *err, si
                                  err, errlen)))
                 return rc;
             break;
+        case OPT_HTTPS_LISTEN:
+            if (!https_from_flags)
+                s->nhttps = 0;
+            https_from_flags = 1;
+            if ((rc = add_https(s, optarg, "--https-listen", err, errlen)))
+                return rc;
+            break;
         case OPT_WORKER:
             n = strtol(optarg, &end, 10);
             if (*end || n < 0 || n > 255)
@@ -485,6 +536,8 @@ int dp_settings_load(struct dp_settings *s, int argc, char **argv, char *err, si
     }
     if (s->nhttp == 0)
         add_listen(s, "0.0.0.0:9080", "default", err, errlen);
+    if (!s->https_given)
+        add_https(s, "0.0.0.0:9443", "default", err, errlen);
     if (s->standalone && s->ncp)
         return cfg_fail(err, errlen, "--standalone and --control-plane exclude each other");
     if (!s->standalone && s->ncp == 0)

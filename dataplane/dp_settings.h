@@ -35,6 +35,9 @@ struct dp_settings {
     int workers;                                 /* --workers, default one per core */
     struct sockaddr_storage http_listen[DP_MAX_LISTEN]; /* default 0.0.0.0:9080 */
     size_t nhttp;
+    struct sockaddr_storage https_listen[DP_MAX_LISTEN]; /* default 0.0.0.0:9443; "off": none */
+    size_t nhttps;
+    int https_given;                             /* set by the file or a flag (maybe to none) */
     struct sockaddr_storage metrics_listen;      /* default 127.0.0.1:9091 */
     struct sockaddr_storage stream_listen[DP_MAX_LISTEN]; /* stream (TCP/MQTT) listeners */
     int stream_tls[DP_MAX_LISTEN];               /* 1: that stream listener speaks TLS */

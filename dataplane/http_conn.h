@@ -16,6 +16,11 @@
  *               never from inside a parser callback.
  *   hp_upconn   two handles (tcp + timer): freed when both close callbacks
  *               ran. While idle it sits in its pool's idle list.
+ *   TLS         an HTTPS client connection and an https upstream connection
+ *               own a tls_conn (tls.h): ciphertext is read into the shared
+ *               buffer, fed to it and decrypted back into that buffer, and
+ *               the plaintext then takes the plain path; writes go through
+ *               hp_send, which encrypts and hands the ciphertext to hp_write.
  *
  * Re-entrancy rule: parser callbacks only record and return codes (or write
  * through hp_write, which never calls back synchronously); state changes
@@ -36,6 +41,10 @@
 #include "http_proxy.h"
 #include "snapshot.h"
 
+struct tls_conn;
+struct tls_ctx_store;
+struct tls_session;
+
 #define HP_READ_BUF_SIZE (64 * 1024) /* the shared per-worker read buffer */
 #define HP_HIGH_WATER (64 * 1024)    /* peer write queue above this: stop reading */
 #define HP_LOW_WATER (16 * 1024)     /* peer write queue at or below this: read again */
@@ -45,6 +54,7 @@
 #define HP_RESP_HEADERS_MAX 256      /* upstream response headers; over: 502 */
 #define HP_POOL_BUCKETS 256          /* keep-alive pool hash buckets */
 #define HP_LOG_FIELD_MAX 128         /* upstream_addr / upstream_status log fields */
+#define HP_SESSION_POOLS 256         /* pools kept without connections for their TLS session */
 
 /* ---- deadlines of client connections ---- */
 
@@ -227,6 +237,7 @@ struct hp_client {
     uint32_t in_len;        /* bytes in in */
     uint32_t wq;            /* bytes held in write requests (backpressure) */
     union hp_sockaddr peer; /* client address */
+    struct tls_conn *tls;   /* HTTPS: the TLS engine, else NULL */
 };
 
 /* ---- upstream connections ---- */
@@ -234,6 +245,7 @@ struct hp_client {
 enum hp_ustate {
     US_RESOLVING = 0, /* waiting for getaddrinfo */
     US_CONNECTING,    /* uv_tcp_connect in progress */
+    US_HANDSHAKE,     /* https: TLS handshake in progress (under the connect timeout) */
     US_ACTIVE,        /* serving req */
     US_TUNNEL,        /* WebSocket tunnel for req */
     US_IDLE,          /* in its pool's idle list */
@@ -269,6 +281,7 @@ struct hp_upconn {
     uint8_t flags;           /* UF_* */
     uint8_t nclosed;         /* close callbacks run (2: free) */
     uint8_t timer_kind;      /* what the timer measures (UT_*) */
+    struct tls_conn *tls;    /* https: the TLS engine, else NULL */
 };
 
 enum { UT_NONE = 0, UT_CONNECT, UT_SEND, UT_READ, UT_IDLE };
@@ -279,7 +292,9 @@ struct hp_pool {
     struct hp_upconn *tail; /* least recently used */
     uint32_t nidle;         /* connections in idle */
     uint32_t refs;          /* connections pointing here */
-    char key[];             /* "host:port" */
+    struct tls_session *sess; /* https: the newest session, to resume the next one, or NULL */
+    bool kept;                /* no connection left: kept for sess (counted in nkept) */
+    char key[];               /* "host:port"; https: "https://SNI@host:port#context" */
 };
 
 /* ---- the proxy ---- */
@@ -297,6 +312,9 @@ struct http_proxy {
     struct hp_deadline dl[DL_COUNT];        /* sentinels of the deadline lists */
     uint64_t dl_armed;                      /* when dl_timer fires (0: stopped) */
     struct hp_pool *pools[HP_POOL_BUCKETS]; /* keep-alive pools by "host:port" */
+    struct tls_ctx_store *tls_own;          /* upstream TLS contexts without o.tls_current */
+    uint32_t nkept;                         /* pools kept only for their session */
+    uint64_t tls_warned;                    /* uv_now() of the last handshake failure logged */
     struct http_proxy_stats st;             /* counters */
     uint16_t server_port;                   /* the listener's port */
     bool listening;                         /* listener not closed yet */
@@ -371,6 +389,16 @@ int hp_write(struct http_proxy *p, uv_stream_t *s, const uv_buf_t *bufs, unsigne
              uint32_t *held);
 /* Releases a write request handed to a write callback. */
 void hp_write_done(struct http_proxy *p, uv_write_t *w);
+/* hp_write through tls when it is not NULL: the plaintext is encrypted and
+ * the ciphertext written (bufs may be reused at once either way). */
+int hp_send(struct http_proxy *p, uv_stream_t *s, struct tls_conn *tls, const uv_buf_t *bufs,
+            unsigned n, uv_write_cb cb, uint32_t *held);
+/* Writes the ciphertext tls produced (handshake messages, alerts). */
+int hp_tls_flush(struct http_proxy *p, uv_stream_t *s, struct tls_conn *tls, uv_write_cb cb,
+                 uint32_t *held);
+/* The certificate store for upstream TLS: o.tls_current's, else the
+ * proxy's own (made on first use). NULL when out of memory. */
+struct tls_ctx_store *hp_tls_store(struct http_proxy *p);
 void hp_buffered_add(struct http_proxy *p, int64_t delta);
 
 /* ---- http_proxy.c (client side), for http_upstream.c ---- */
@@ -413,6 +441,8 @@ void hp_up_client_eof(struct hp_req *r);
 void hp_up_close_all(struct http_proxy *p);
 /* Closes idle pooled connections (drain). */
 void hp_up_close_idle(struct http_proxy *p);
+/* Frees the pools left (kept for their sessions) when the proxy ends. */
+void hp_up_free_pools(struct http_proxy *p);
 /* Handle close bookkeeping shared with http_proxy.c. */
 void hp_handle_gone(struct http_proxy *p);
 

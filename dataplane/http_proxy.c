@@ -36,6 +36,7 @@
 #include "http_conn.h"
 #include "log.h"
 #include "netaddr.h"
+#include "tls.h"
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
@@ -339,7 +340,7 @@ bool hp_client_send(struct hp_client *c, const uv_buf_t *bufs, unsigned n)
 {
     if (c->state == CS_CLOSING)
         return false;
-    int rc = hp_write(c->p, (uv_stream_t *)&c->tcp, bufs, n, client_write_cb, &c->wq);
+    int rc = hp_send(c->p, (uv_stream_t *)&c->tcp, c->tls, bufs, n, client_write_cb, &c->wq);
     if (rc < 0) {
         hp_client_close(c);
         return false;
@@ -450,6 +451,7 @@ static void client_close_cb(uv_handle_t *h)
         hp_buffered_add(p, -(int64_t)c->in_len);
         free(c->in);
     }
+    tls_conn_free(c->tls);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -474,6 +476,12 @@ void hp_client_shutdown(struct hp_client *c)
 {
     if (c->state == CS_CLOSING || (c->flags & CF_SHUT))
         return;
+    if (c->tls &&
+        (tls_conn_shutdown(c->tls) < 0 ||
+         hp_tls_flush(c->p, (uv_stream_t *)&c->tcp, c->tls, client_write_cb, &c->wq) < 0)) {
+        hp_client_close(c); /* close_notify first, then the FIN */
+        return;
+    }
     uv_shutdown_t *sr = malloc(sizeof(*sr));
     if (!sr) {
         hp_client_close(c);
@@ -598,8 +606,11 @@ static void req_start(struct hp_client *c)
         return;
     }
     if (url[0] != '/') {
-        if (ulen > 7 && strncasecmp(url, "http://", 7) == 0) {
-            const char *a = url + 7, *e = url + ulen;
+        size_t sl = ulen > 7 && strncasecmp(url, "http://", 7) == 0    ? 7
+                    : ulen > 8 && strncasecmp(url, "https://", 8) == 0 ? 8
+                                                                       : 0;
+        if (sl) {
+            const char *a = url + sl, *e = url + ulen;
             const char *s = a;
             while (s < e && *s != '/' && *s != '?')
                 s++;
@@ -679,7 +690,7 @@ static void req_start(struct hp_client *c)
         answer_local(c, 502, "missing upstream configuration in Route or Service", false);
         return;
     }
-    if (r->up->scheme != UP_HTTP) {
+    if (r->up->scheme != UP_HTTP && r->up->scheme != UP_HTTPS) {
         static const char *names[] = {"http", "https", "grpc", "grpcs", "tcp", "tls", "udp"};
         unsigned sc = (unsigned)r->up->scheme;
         log_warn("worker %d: route %s: upstream scheme %s is not supported yet", p->o.worker_id,
@@ -978,36 +989,121 @@ void hp_client_drive(struct hp_client *c)
     }
 }
 
+/* The client sent FIN (or close_notify), or its connection failed. */
+static void client_eof(struct hp_client *c, ssize_t err)
+{
+    if (c->state == CS_TUNNEL && err == UV_EOF) {
+        c->flags |= CF_EOF;
+        hp_up_client_eof(c->req);
+        if (c->state != CS_CLOSING)
+            hp_client_drive(c);
+        return;
+    }
+    /* Idle, a partial head, a body cut short, a lingering close: all
+     * end the connection (an unfinished request is logged as 499). */
+    hp_client_close(c);
+}
+
+/* Plaintext from the client: one read, or one decrypted piece of it. The
+ * caller drives the connection afterwards unless it is closing. */
+static void client_input(struct hp_client *c, const char *data, size_t n)
+{
+    if (c->in && c->state != CS_LINGER) {
+        save_input(c, data, n); /* behind input already parked (TLS: a later record) */
+        return;
+    }
+    c->flags |= CF_IN_DRIVE;
+    size_t k = client_feed(c, data, n);
+    if (c->state == CS_CLOSING)
+        return;
+    if (k < n)
+        save_input(c, data + k, n - k);
+    if (c->state == CS_CLOSING)
+        return;
+    if (c->state == CS_PROXY && c->dl_kind == DL_BODY)
+        dl_set(c, DL_BODY); /* body timeout runs between two reads */
+    c->flags &= (uint8_t)~CF_IN_DRIVE;
+}
+
+static bool client_tls_flush(struct hp_client *c)
+{
+    if (hp_tls_flush(c->p, (uv_stream_t *)&c->tcp, c->tls, client_write_cb, &c->wq) < 0) {
+        hp_client_close(c);
+        return false;
+    }
+    return true;
+}
+
+static void tls_log_failure(struct http_proxy *p, const struct hp_client *c, const char *what)
+{
+    /* Scanners and broken clients come in bursts: one line per second. */
+    uint64_t now = uv_now(p->loop);
+    if (p->tls_warned && now - p->tls_warned < 1000)
+        return;
+    p->tls_warned = now;
+    char ip[64];
+    netaddr_format_ip(&c->peer.sa, ip, sizeof(ip));
+    const char *sni = tls_conn_sni(c->tls);
+    log_info("worker %d: TLS %s with %s (server name %s): %s", p->o.worker_id, what, ip,
+             sni ? sni : "none", tls_conn_error(c->tls));
+}
+
+/* Ciphertext from an HTTPS client: the handshake, then plaintext records
+ * decrypted into the shared buffer (the ciphertext was copied out of it
+ * first) and consumed like a plain read. */
+static void client_tls_read(struct hp_client *c, const char *data, size_t n)
+{
+    struct http_proxy *p = c->p;
+    if (tls_conn_feed(c->tls, data, n) < 0) {
+        hp_client_close(c);
+        return;
+    }
+    bool was_done = tls_conn_handshake_done(c->tls);
+    for (;;) {
+        /* Every record of this read at once, as one plain read would be. */
+        size_t got = 0;
+        long k = 0;
+        while (got < sizeof(p->rbuf) &&
+               (k = tls_conn_read(c->tls, p->rbuf + got, sizeof(p->rbuf) - got)) > 0)
+            got += (size_t)k;
+        if (got) {
+            client_input(c, p->rbuf, got);
+            if (c->state == CS_CLOSING)
+                return;
+            if (k > 0)
+                continue; /* the buffer was full */
+        }
+        if (!client_tls_flush(c)) /* handshake messages, tickets, alerts */
+            return;
+        if (k == -EAGAIN)
+            break;
+        if (k == 0) {
+            client_eof(c, UV_EOF); /* close_notify */
+            return;
+        }
+        tls_log_failure(p, c, was_done ? "error" : "handshake failed");
+        hp_client_close(c);
+        return;
+    }
+    hp_client_drive(c);
+}
+
 static void client_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct hp_client *c = s->data;
     if (nread == 0 || c->state == CS_CLOSING)
         return;
     if (nread < 0) {
-        if (c->state == CS_TUNNEL && nread == UV_EOF) {
-            c->flags |= CF_EOF;
-            hp_up_client_eof(c->req);
-            if (c->state != CS_CLOSING)
-                hp_client_drive(c);
-            return;
-        }
-        /* Idle, a partial head, a body cut short, a lingering close: all
-         * end the connection (an unfinished request is logged as 499). */
-        hp_client_close(c);
+        client_eof(c, nread);
         return;
     }
-    c->flags |= CF_IN_DRIVE;
-    size_t k = client_feed(c, buf->base, (size_t)nread);
-    if (c->state == CS_CLOSING)
+    if (c->tls) {
+        client_tls_read(c, buf->base, (size_t)nread);
         return;
-    if (k < (size_t)nread)
-        save_input(c, buf->base + k, (size_t)nread - k);
-    if (c->state == CS_CLOSING)
-        return;
-    if (c->state == CS_PROXY && c->dl_kind == DL_BODY)
-        dl_set(c, DL_BODY); /* body timeout runs between two reads */
-    c->flags &= (uint8_t)~CF_IN_DRIVE;
-    hp_client_drive(c);
+    }
+    client_input(c, buf->base, (size_t)nread);
+    if (c->state != CS_CLOSING)
+        hp_client_drive(c);
 }
 
 /* ---- listener ---- */
@@ -1026,8 +1122,11 @@ static void static_handle_cb(uv_handle_t *h)
 
 void hp_handle_gone(struct http_proxy *p)
 {
-    if (--p->nhandles == 0 && p->freeing)
+    if (--p->nhandles == 0 && p->freeing) {
+        hp_up_free_pools(p);
+        tls_ctx_store_unref(p->tls_own);
         free(p);
+    }
 }
 
 static void on_connection(uv_stream_t *server, int status)
@@ -1075,6 +1174,13 @@ static void on_connection(uv_stream_t *server, int status)
     int nl = sizeof(c->peer);
     if (uv_tcp_getpeername(&c->tcp, &c->peer.sa, &nl) < 0)
         memset(&c->peer, 0, sizeof(c->peer));
+    if (p->o.https) {
+        struct tls_ctx_store *st = p->o.tls_current ? p->o.tls_current(p->current_ud) : NULL;
+        if (!st || !(c->tls = tls_conn_new_server(st, TLS_ALPN_HTTP1))) {
+            hp_client_close(c);
+            return;
+        }
+    }
     c->state = CS_IDLE;
     hp_client_drive(c);
 }

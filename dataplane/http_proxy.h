@@ -20,8 +20,17 @@
  * Choices where nginx/APISIX left room:
  *  - no route: 404 {"error_msg":"404 Route Not Found"}; a route without an
  *    upstream: 502 {"error_msg":"missing upstream configuration in Route or
- *    Service"}; upstream scheme other than http: 502 page and a warning
- *    "upstream scheme https is not supported yet".
+ *    Service"}; upstream scheme other than http and https: 502 page and a
+ *    warning "upstream scheme grpc is not supported yet".
+ *  - HTTPS (o.https): the listener speaks TLS through tls.h (certificates
+ *    by SNI from o.tls_current's store, ALPN http/1.1); the TLS handshake
+ *    runs under client_header_timeout; $scheme and X-Forwarded-Proto are
+ *    "https". Upstreams with scheme https are reached over TLS: SNI and
+ *    the verified name (tls.verify) are the Host sent upstream without its
+ *    port (nginx's proxy_ssl_name $upstream_host in APISIX); the handshake
+ *    runs under the connect timeout and its failure is retried as a
+ *    connect failure; the keep-alive pool is keyed by scheme, SNI, node and
+ *    TLS settings, and a pool keeps its newest session for resumption.
  *  - Refused: Content-Length with Transfer-Encoding, several Content-Length,
  *    a coding after chunked (all by llhttp), Transfer-Encoding on HTTP/1.0,
  *    obs-fold lines, space before a header colon, a missing (1.1), empty,
@@ -58,12 +67,14 @@
 #ifndef AIRGW_DP_HTTP_PROXY_H
 #define AIRGW_DP_HTTP_PROXY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
 
 struct snapshot;
 struct route_rt;
+struct tls_ctx_store;
 
 enum http_access_log_format {
     HTTP_LOG_JSON = 0, /* one JSON object a line (the default) */
@@ -117,6 +128,11 @@ struct http_proxy_opts {
     http_proxy_request_done_fn on_request_done;    /* metrics hook, or NULL */
     http_proxy_request_info_fn on_request_info;    /* the same with labels, or NULL */
     void *hook_ud; /* passed to on_request_done and on_request_info */
+    bool https;    /* the listener speaks TLS (needs tls_current) */
+    /* The current certificates (borrowed; called with the ud given to
+     * http_proxy_start), for the HTTPS listener and upstream TLS; NULL:
+     * upstream TLS uses a store of the proxy's own (no ssls). */
+    struct tls_ctx_store *(*tls_current)(void *ud);
 };
 
 /* Fills o with the defaults above (access_log -1, no hook). */

@@ -17,6 +17,13 @@
  * US_ACTIVE/US_TUNNEL belong to uc->req, US_IDLE to its pool. Its timer
  * measures one thing at a time (UT_*): connect, send progress, read
  * progress or idle time in the pool.
+ *
+ * An https upstream passes through US_HANDSHAKE (TLS, under the connect
+ * timeout) before US_ACTIVE. Its pool is "https://SNI@host:port#context",
+ * so a pooled connection serves only requests with the same server name
+ * and TLS settings; the pool keeps the newest TLS session for the next
+ * connection to resume, and outlives its connections for that (at most
+ * HP_SESSION_POOLS such pools).
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -29,6 +36,7 @@
 #include "http_conn.h"
 #include "log.h"
 #include "netaddr.h"
+#include "tls.h"
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 #define DEFAULT_TIMEOUT_MS 60000
@@ -58,9 +66,15 @@ static uint32_t key_hash(const char *s)
 static struct hp_pool *pool_get(struct http_proxy *p, const char *key)
 {
     uint32_t b = key_hash(key) % HP_POOL_BUCKETS;
-    for (struct hp_pool *pl = p->pools[b]; pl; pl = pl->next)
-        if (strcmp(pl->key, key) == 0)
+    for (struct hp_pool *pl = p->pools[b]; pl; pl = pl->next) {
+        if (strcmp(pl->key, key) == 0) {
+            if (pl->kept) {
+                pl->kept = false;
+                p->nkept--;
+            }
             return pl;
+        }
+    }
     size_t kl = strlen(key);
     struct hp_pool *pl = calloc(1, sizeof(*pl) + kl + 1);
     if (!pl)
@@ -75,6 +89,16 @@ static void pool_unref(struct http_proxy *p, struct hp_pool *pl)
 {
     if (--pl->refs > 0)
         return;
+    if (pl->sess && !p->freeing && p->nkept < HP_SESSION_POOLS) {
+        /* The next connection to this server resumes its TLS session. */
+        pl->kept = true;
+        p->nkept++;
+        return;
+    }
+    if (pl->kept) {
+        pl->kept = false;
+        p->nkept--;
+    }
     uint32_t b = key_hash(pl->key) % HP_POOL_BUCKETS;
     for (struct hp_pool **pp = &p->pools[b]; *pp; pp = &(*pp)->next) {
         if (*pp == pl) {
@@ -82,7 +106,18 @@ static void pool_unref(struct http_proxy *p, struct hp_pool *pl)
             break;
         }
     }
+    tls_session_free(pl->sess);
     free(pl);
+}
+
+/* Keeps the newest resumable session of a TLS connection in its pool. */
+static void pool_keep_session(struct hp_upconn *uc)
+{
+    struct tls_session *s;
+    if (!uc->tls || !tls_conn_handshake_done(uc->tls) || !(s = tls_conn_session(uc->tls)))
+        return;
+    tls_session_free(uc->pool->sess);
+    uc->pool->sess = s;
 }
 
 static void idle_unlink(struct hp_upconn *uc)
@@ -116,6 +151,7 @@ static void uc_closed_cb(uv_handle_t *h)
     if (uc->next)
         uc->next->prev = uc->prev;
     pool_unref(p, uc->pool);
+    tls_conn_free(uc->tls);
     free(uc);
     hp_handle_gone(p);
 }
@@ -128,6 +164,7 @@ static void upconn_close(struct hp_upconn *uc)
         idle_unlink(uc);
     else
         uc->p->st.upstream_active--;
+    pool_keep_session(uc);
     if (uc->res) {
         uc->res->uc = NULL;
         uv_cancel((uv_req_t *)&uc->res->gai);
@@ -252,6 +289,7 @@ static void pool_put(struct hp_upconn *uc, const struct upstream_rt *up)
     pl->nidle++;
     p->st.upstream_idle++;
     p->st.upstream_active--;
+    pool_keep_session(uc);
     uc->state = US_IDLE;
     uc->flags &= (uint8_t) ~(UF_REUSED | UF_PAUSED);
     uc_read(uc, true); /* a close or stray byte while idle retires it */
@@ -297,6 +335,19 @@ void hp_up_close_all(struct http_proxy *p)
         }
         upconn_close(uc);
     }
+}
+
+void hp_up_free_pools(struct http_proxy *p)
+{
+    for (int b = 0; b < HP_POOL_BUCKETS; b++) {
+        while (p->pools[b]) {
+            struct hp_pool *pl = p->pools[b];
+            p->pools[b] = pl->next;
+            tls_session_free(pl->sess);
+            free(pl);
+        }
+    }
+    p->nkept = 0;
 }
 
 void hp_up_close_idle(struct http_proxy *p)
@@ -415,7 +466,7 @@ static char *build_request_head(struct hp_req *r, size_t *out_len)
     sb_str(&s, ip);
     sb_str(&s, "\r\nX-Real-IP: ");
     sb_str(&s, ip);
-    sb_str(&s, "\r\nX-Forwarded-Proto: http\r\n");
+    sb_str(&s, c->tls ? "\r\nX-Forwarded-Proto: https\r\n" : "\r\nX-Forwarded-Proto: http\r\n");
     if (r->host) {
         sb_str(&s, "X-Forwarded-Host: ");
         sb_str(&s, r->host);
@@ -913,13 +964,25 @@ static void tunnel_from_upstream(struct hp_upconn *uc, ssize_t nread, const uv_b
     uc_rearm(uc);
 }
 
-static void uc_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+/* The TLS handshake with an https upstream failed (or its connection
+ * did): retried as a connect failure. */
+static void handshake_failed(struct hp_upconn *uc, const char *why)
 {
-    struct hp_upconn *uc = s->data;
-    if (nread == 0 || uc->state == US_CLOSING)
-        return;
+    struct hp_req *r = uc->req;
+    log_warn("worker %d: upstream %s: TLS handshake failed: %s", r->c->p->o.worker_id, r->node.addr,
+             why);
+    attempt_failed(r, 502, true, true);
+}
+
+/* Plaintext (or an error or EOF) from an upstream connection. */
+static void uc_input(struct hp_upconn *uc, ssize_t nread, const uv_buf_t *buf)
+{
     if (uc->state == US_IDLE || !uc->req) {
         upconn_close(uc); /* closed by the upstream, or a stray byte */
+        return;
+    }
+    if (uc->state == US_HANDSHAKE) {
+        handshake_failed(uc, nread == UV_EOF ? "connection closed" : uv_strerror((int)nread));
         return;
     }
     if (uc->state == US_TUNNEL) {
@@ -931,6 +994,90 @@ static void uc_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     resp_feed(uc->req, buf->base, (size_t)nread);
+}
+
+static bool uc_tls_flush(struct hp_upconn *uc)
+{
+    int rc = hp_tls_flush(uc->p, (uv_stream_t *)&uc->tcp, uc->tls, up_write_cb, &uc->wq);
+    if (rc < 0) {
+        uv_buf_t none = uv_buf_init(NULL, 0);
+        uc_input(uc, rc, &none);
+        return false;
+    }
+    return true;
+}
+
+static int send_head(struct hp_req *r);
+
+/* Ciphertext from an https upstream: the handshake (then the request head
+ * goes out), then records decrypted into the shared buffer (the ciphertext
+ * was copied out of it first) and handled as a plain read each. */
+static void uc_tls_read(struct hp_upconn *uc, const char *data, size_t n)
+{
+    struct http_proxy *p = uc->p;
+    uv_buf_t none = uv_buf_init(NULL, 0);
+    if (tls_conn_feed(uc->tls, data, n) < 0) {
+        uc_input(uc, UV_EPROTO, &none);
+        return;
+    }
+    if (uc->state == US_HANDSHAKE) {
+        int rc = tls_conn_handshake(uc->tls);
+        if (!uc_tls_flush(uc))
+            return;
+        if (rc == -EAGAIN)
+            return;
+        if (rc < 0) {
+            handshake_failed(uc, tls_conn_error(uc->tls));
+            return;
+        }
+        uc->state = US_ACTIVE;
+        uv_timer_stop(&uc->timer);
+        uc->timer_kind = UT_NONE;
+        struct hp_req *r = uc->req;
+        if (send_head(r) < 0) {
+            attempt_failed(r, 502, false, true);
+            return;
+        }
+        if (uc->state != US_ACTIVE || uc->req != r)
+            return;
+    }
+    for (;;) {
+        /* Every record of this read at once, as one plain read would be:
+         * bytes after a response then make its connection not reusable. */
+        size_t got = 0;
+        long k = 0;
+        while (got < sizeof(p->rbuf) &&
+               (k = tls_conn_read(uc->tls, p->rbuf + got, sizeof(p->rbuf) - got)) > 0)
+            got += (size_t)k;
+        if (got) {
+            uv_buf_t b = uv_buf_init(p->rbuf, (unsigned)got);
+            uc_input(uc, (ssize_t)got, &b);
+            if (uc->state == US_CLOSING)
+                return;
+            if (k > 0)
+                continue; /* the buffer was full */
+        }
+        if (!uc_tls_flush(uc))
+            return;
+        if (k == -EAGAIN)
+            return;
+        if (k != 0)
+            log_warn("worker %d: upstream connection: TLS error: %s", p->o.worker_id,
+                     tls_conn_error(uc->tls));
+        uc_input(uc, k == 0 ? UV_EOF : UV_EPROTO, &none);
+        return;
+    }
+}
+
+static void uc_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct hp_upconn *uc = s->data;
+    if (nread == 0 || uc->state == US_CLOSING)
+        return;
+    if (uc->tls && nread > 0)
+        uc_tls_read(uc, buf->base, (size_t)nread);
+    else
+        uc_input(uc, nread, buf);
 }
 
 static void up_write_cb(uv_write_t *w, int status)
@@ -946,12 +1093,16 @@ static void up_write_cb(uv_write_t *w, int status)
         return;
     }
     if (status < 0) {
-        if (uc->state == US_TUNNEL || (r->flags & RQ_RESP_STARTED))
+        if (uc->state == US_HANDSHAKE)
+            handshake_failed(uc, uv_strerror(status));
+        else if (uc->state == US_TUNNEL || (r->flags & RQ_RESP_STARTED))
             hp_client_close(r->c);
         else
             up_io_error(uc, status);
         return;
     }
+    if (uc->state == US_HANDSHAKE)
+        return; /* the connect timer runs until the handshake ends */
     uc_rearm(uc);
     if (uc->wq <= HP_LOW_WATER)
         hp_client_drive(r->c);
@@ -971,7 +1122,8 @@ static void uc_timer_cb(uv_timer_t *t)
     int wid = c->p->o.worker_id;
     switch (uc->timer_kind) {
     case UT_CONNECT:
-        log_warn("worker %d: upstream %s: connect timed out", wid, r->node.addr);
+        log_warn("worker %d: upstream %s: %s timed out", wid, r->node.addr,
+                 uc->state == US_HANDSHAKE ? "TLS handshake" : "connect");
         attempt_failed(r, 504, true, true);
         return;
     case UT_SEND:
@@ -1006,7 +1158,7 @@ static int send_head(struct hp_req *r)
     r->flags &= ~(RQ_UP_BYTES | RQ_UP_KEEP | RQ_REQ_SENT | RQ_HEAD_QUEUED);
     uc->nreq++;
     uv_buf_t b = uv_buf_init(r->uhead, (unsigned)r->uhead_len);
-    int rc = hp_write(p, (uv_stream_t *)&uc->tcp, &b, 1, up_write_cb, &uc->wq);
+    int rc = hp_send(p, (uv_stream_t *)&uc->tcp, uc->tls, &b, 1, up_write_cb, &uc->wq);
     if (rc < 0)
         return rc;
     r->flags |= RQ_HEAD_QUEUED;
@@ -1034,10 +1186,17 @@ static void connect_cb(uv_connect_t *cr, int status)
         attempt_failed(r, 502, true, true);
         return;
     }
+    uv_tcp_nodelay(&uc->tcp, 1);
+    if (uc->tls) {
+        /* The ClientHello is ready; the connect timer keeps running. */
+        uc->state = US_HANDSHAKE;
+        uc_read(uc, true);
+        uc_tls_flush(uc);
+        return;
+    }
     uc->state = US_ACTIVE;
     uv_timer_stop(&uc->timer);
     uc->timer_kind = UT_NONE;
-    uv_tcp_nodelay(&uc->tcp, 1);
     if (send_head(r) < 0)
         attempt_failed(r, 502, false, true);
 }
@@ -1095,10 +1254,58 @@ static void resolve_cb(uv_getaddrinfo_t *gai, int status, struct addrinfo *res)
 
 /* Starts the current attempt on r->node. 0: under way (or head queued on a
  * pooled connection); < 0: failed at once (r->uc left for the caller). */
+/* The name an https upstream is asked for (SNI) and verified against: the
+ * Host sent upstream, without its port (APISIX: proxy_ssl_name
+ * $upstream_host), lowercase. */
+static void upstream_server_name(const struct hp_req *r, char *out, size_t len)
+{
+    const struct upstream_rt *up = r->up;
+    const char *h = r->host;
+    if (up->pass_host == PASS_HOST_REWRITE && up->upstream_host && up->upstream_host[0])
+        h = up->upstream_host;
+    else if (up->pass_host != PASS_HOST_PASS || !h)
+        h = r->node.host;
+    size_t n = strlen(h);
+    if (h[0] == '[') {
+        const char *e = memchr(h, ']', n);
+        if (e) {
+            h++;
+            n = (size_t)(e - h);
+        }
+    } else {
+        const char *colon = memchr(h, ':', n);
+        if (colon && !strchr(colon + 1, ':'))
+            n = (size_t)(colon - h); /* "name:port"; a bare IPv6 address stays whole */
+    }
+    if (n >= len)
+        n = len - 1;
+    for (size_t i = 0; i < n; i++)
+        out[i] = (char)(h[i] >= 'A' && h[i] <= 'Z' ? h[i] + 32 : h[i]);
+    out[n] = '\0';
+}
+
 static int connect_node(struct hp_req *r, bool use_pool)
 {
     struct http_proxy *p = r->c->p;
-    struct hp_pool *pl = pool_get(p, r->node.addr);
+    struct tls_client_ctx *cc = NULL;
+    char sni[256], key[384];
+    const char *pkey = r->node.addr;
+    if (r->up->scheme == UP_HTTPS) {
+        char err[256] = "out of memory";
+        struct tls_ctx_store *st = hp_tls_store(p);
+        if (st)
+            cc = tls_ctx_store_client(st, r->up->conf, r->snap ? r->snap->resources : NULL, err,
+                                      sizeof(err));
+        if (!cc) {
+            log_warn("worker %d: upstream %s: TLS: %s", p->o.worker_id, r->up->id, err);
+            return UV_EINVAL;
+        }
+        upstream_server_name(r, sni, sizeof(sni));
+        snprintf(key, sizeof(key), "https://%s@%s#%016llx", sni, r->node.addr,
+                 (unsigned long long)tls_client_ctx_fingerprint(cc));
+        pkey = key;
+    }
+    struct hp_pool *pl = pool_get(p, pkey);
     if (!pl)
         return UV_ENOMEM;
     if (use_pool && pl->idle) {
@@ -1117,6 +1324,9 @@ static int connect_node(struct hp_req *r, bool use_pool)
     }
     r->uc = uc;
     uc->req = r;
+    /* No ALPN is offered, as nginx's proxy_ssl does: HTTP/1.1 is implied. */
+    if (cc && !(uc->tls = tls_conn_new_client(cc, sni[0] ? sni : NULL, NULL, pl->sess)))
+        return UV_ENOMEM;
     uc->timer_kind = UT_CONNECT;
     uv_timer_start(&uc->timer, uc_timer_cb, tmo(r->route->timeout.connect_ms), 0);
     union hp_sockaddr sa;
@@ -1184,6 +1394,10 @@ static void attempt(struct hp_req *r)
         int rc = connect_node(r, true);
         if (rc == 0)
             return;
+        if (rc == UV_EINVAL) { /* the upstream's TLS settings: no node does better */
+            attempt_cleanup(r, 502, false);
+            break;
+        }
         log_warn("worker %d: upstream %s: %s", p->o.worker_id, nd.addr, uv_strerror(rc));
         attempt_cleanup(r, 502, true);
     }
@@ -1208,7 +1422,7 @@ bool hp_up_send(struct hp_req *r, const char *data, size_t n)
 {
     struct hp_upconn *uc = r->uc;
     uv_buf_t b = uv_buf_init((char *)data, (unsigned)n);
-    int rc = hp_write(uc->p, (uv_stream_t *)&uc->tcp, &b, 1, up_write_cb, &uc->wq);
+    int rc = hp_send(uc->p, (uv_stream_t *)&uc->tcp, uc->tls, &b, 1, up_write_cb, &uc->wq);
     if (rc < 0) {
         if (uc->state == US_TUNNEL || (r->flags & RQ_RESP_STARTED))
             hp_client_close(r->c);
@@ -1255,6 +1469,12 @@ void hp_up_client_eof(struct hp_req *r)
     }
     if (uc->flags & UF_SHUT)
         return;
+    if (uc->tls &&
+        (tls_conn_shutdown(uc->tls) < 0 ||
+         hp_tls_flush(uc->p, (uv_stream_t *)&uc->tcp, uc->tls, up_write_cb, &uc->wq) < 0)) {
+        hp_client_close(r->c); /* close_notify first, then the FIN */
+        return;
+    }
     uv_shutdown_t *sr = malloc(sizeof(*sr));
     if (!sr) {
         hp_client_close(r->c);

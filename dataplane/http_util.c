@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "netaddr.h"
+#include "tls.h"
 
 /* ---- header lists ---- */
 
@@ -394,8 +395,17 @@ const char *hp_req_var(void *ud, const char *name, size_t *len)
         v = r->method;
         vl = v ? strlen(v) : 0;
     } else if (strcmp(name, "scheme") == 0) {
-        v = "http";
-        vl = 4;
+        v = c->tls ? "https" : "http";
+        vl = strlen(v);
+    } else if (strcmp(name, "ssl_server_name") == 0) {
+        v = c->tls ? tls_conn_sni(c->tls) : NULL;
+        vl = v ? strlen(v) : 0;
+    } else if (strcmp(name, "ssl_client_s_dn") == 0) {
+        char dn[512];
+        if (c->tls && tls_conn_peer_subject(c->tls, dn, sizeof(dn)) >= 0) {
+            v = hp_scratch_strndup(r, dn, strlen(dn));
+            vl = v ? strlen(v) : 0;
+        }
     } else if (strcmp(name, "args") == 0 || strcmp(name, "query_string") == 0) {
         v = r->args;
         vl = v ? strlen(v) : 0;
@@ -753,4 +763,38 @@ void hp_write_done(struct http_proxy *p, uv_write_t *w)
     *wr->held -= (uint32_t)wr->len;
     hp_buffered_add(p, -(int64_t)wr->len);
     free(wr);
+}
+
+int hp_tls_flush(struct http_proxy *p, uv_stream_t *s, struct tls_conn *tls, uv_write_cb cb,
+                 uint32_t *held)
+{
+    const char *d;
+    size_t n = tls_conn_out(tls, &d);
+    if (n == 0)
+        return 0;
+    uv_buf_t b = uv_buf_init((char *)d, (unsigned)n);
+    int rc = hp_write(p, s, &b, 1, cb, held);
+    tls_conn_out_consume(tls, n); /* hp_write copied what the socket did not take */
+    return rc;
+}
+
+int hp_send(struct http_proxy *p, uv_stream_t *s, struct tls_conn *tls, const uv_buf_t *bufs,
+            unsigned n, uv_write_cb cb, uint32_t *held)
+{
+    if (!tls)
+        return hp_write(p, s, bufs, n, cb, held);
+    int rc = tls_conn_writev(tls, bufs, n);
+    if (rc < 0)
+        return rc == -ENOMEM ? UV_ENOMEM : UV_EPROTO;
+    return hp_tls_flush(p, s, tls, cb, held);
+}
+
+struct tls_ctx_store *hp_tls_store(struct http_proxy *p)
+{
+    struct tls_ctx_store *st = p->o.tls_current ? p->o.tls_current(p->current_ud) : NULL;
+    if (st)
+        return st;
+    if (!p->tls_own)
+        p->tls_own = tls_ctx_store_build(NULL, NULL, NULL);
+    return p->tls_own;
 }

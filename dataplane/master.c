@@ -64,6 +64,8 @@ struct slot {
     size_t nfds;
     int sfds[DP_MAX_LISTEN];   /* stream listening sockets, one per stream address */
     size_t nsfds;
+    int hfds[DP_MAX_LISTEN];   /* https listening sockets, one per https address */
+    size_t nhfds;
     unsigned backoff_ms;       /* respawn delay */
     uv_timer_t respawn;        /* respawn timer; data = master */
     int respawn_pending;       /* timer armed */
@@ -159,6 +161,9 @@ static void close_slot_fds(struct slot *sl)
     for (size_t k = 0; k < sl->nsfds; k++)
         close(sl->sfds[k]);
     sl->nsfds = 0;
+    for (size_t k = 0; k < sl->nhfds; k++)
+        close(sl->hfds[k]);
+    sl->nhfds = 0;
 }
 
 /* Opens a slot's stream sockets (same rule for port 0 as open_slot). */
@@ -172,6 +177,30 @@ static int open_stream_slot(struct master *m, int i, char *err, size_t errlen)
             return -1;
         sl->sfds[sl->nsfds++] = fd;
         struct sockaddr_storage *ss = &m->s.stream_listen[k];
+        uint16_t *port = ss->ss_family == AF_INET6 ? &((struct sockaddr_in6 *)ss)->sin6_port
+                                                   : &((struct sockaddr_in *)ss)->sin_port;
+        if (*port == 0) {
+            struct sockaddr_storage b;
+            socklen_t bl = sizeof(b);
+            getsockname(fd, (struct sockaddr *)&b, &bl);
+            *port = b.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&b)->sin6_port
+                                            : ((struct sockaddr_in *)&b)->sin_port;
+        }
+    }
+    return 0;
+}
+
+/* Opens a slot's https sockets (same rule for port 0 as open_slot). */
+static int open_https_slot(struct master *m, int i, char *err, size_t errlen)
+{
+    struct slot *sl = &m->slots[i];
+    sl->nhfds = 0;
+    for (size_t k = 0; k < m->s.nhttps; k++) {
+        int fd = open_listener(&m->s.https_listen[k], err, errlen);
+        if (fd < 0)
+            return -1;
+        sl->hfds[sl->nhfds++] = fd;
+        struct sockaddr_storage *ss = &m->s.https_listen[k];
         uint16_t *port = ss->ss_family == AF_INET6 ? &((struct sockaddr_in6 *)ss)->sin6_port
                                                    : &((struct sockaddr_in *)ss)->sin_port;
         if (*port == 0) {
@@ -474,7 +503,7 @@ static void spawn_worker(struct master *m, int slot)
     size_t nenv = 0;
     while (environ[nenv])
         nenv++;
-    char **env = calloc(nenv + 5, sizeof(char *));
+    char **env = calloc(nenv + 6, sizeof(char *));
     char fdenv[64], menv[64], henv[64], senv[32 + 8 * DP_MAX_LISTEN];
     snprintf(fdenv, sizeof(fdenv), "AIRGW_LISTEN_FDS=%zu", sl->nfds);
     int next_fd = 4 + (int)sl->nfds;
@@ -483,6 +512,11 @@ static void spawn_worker(struct master *m, int slot)
     for (size_t k = 0; k < sl->nsfds; k++)
         so += (size_t)snprintf(senv + so, sizeof(senv) - so, "%s%d%s", k ? "," : "", next_fd++,
                                m->s.stream_tls[k] ? "t" : "");
+    /* Then the https ones: "fd,fd". */
+    char hsenv[32 + 8 * DP_MAX_LISTEN];
+    size_t ho = (size_t)snprintf(hsenv, sizeof(hsenv), "AIRGW_HTTPS_FDS=");
+    for (size_t k = 0; k < sl->nhfds; k++)
+        ho += (size_t)snprintf(hsenv + ho, sizeof(hsenv) - ho, "%s%d", k ? "," : "", next_fd++);
     snprintf(menv, sizeof(menv), "AIRGW_METRICS_FD=%d", m->metrics ? next_fd++ : -1);
     snprintf(henv, sizeof(henv), "AIRGW_HEALTH_FD=%d", m->health ? next_fd++ : -1);
     size_t e = 0;
@@ -490,14 +524,16 @@ static void spawn_worker(struct master *m, int slot)
         if (strncmp(environ[i], "AIRGW_LISTEN_FDS=", 17) != 0 &&
             strncmp(environ[i], "AIRGW_METRICS_FD=", 17) != 0 &&
             strncmp(environ[i], "AIRGW_HEALTH_FD=", 16) != 0 &&
-            strncmp(environ[i], "AIRGW_STREAM_FDS=", 17) != 0)
+            strncmp(environ[i], "AIRGW_STREAM_FDS=", 17) != 0 &&
+            strncmp(environ[i], "AIRGW_HTTPS_FDS=", 16) != 0)
             env[e++] = environ[i];
     env[e++] = fdenv;
     env[e++] = menv;
     env[e++] = henv;
     env[e++] = senv;
+    env[e++] = hsenv;
 
-    uv_stdio_container_t stdio[6 + 2 * DP_MAX_LISTEN];
+    uv_stdio_container_t stdio[6 + 3 * DP_MAX_LISTEN];
     stdio[0].flags = UV_IGNORE;
     stdio[1].flags = UV_INHERIT_FD;
     stdio[1].data.fd = 1;
@@ -513,6 +549,11 @@ static void spawn_worker(struct master *m, int slot)
     for (size_t k = 0; k < sl->nsfds; k++) {
         stdio[nstdio].flags = UV_INHERIT_FD;
         stdio[nstdio].data.fd = sl->sfds[k];
+        nstdio++;
+    }
+    for (size_t k = 0; k < sl->nhfds; k++) {
+        stdio[nstdio].flags = UV_INHERIT_FD;
+        stdio[nstdio].data.fd = sl->hfds[k];
         nstdio++;
     }
     if (m->metrics) {
@@ -602,6 +643,11 @@ static int same_listen(const struct dp_settings *a, const struct dp_settings *b)
         if (memcmp(&a->stream_listen[i], &b->stream_listen[i], sizeof(a->stream_listen[i])) ||
             a->stream_tls[i] != b->stream_tls[i])
             return 0;
+    if (a->nhttps != b->nhttps)
+        return 0;
+    for (size_t i = 0; i < a->nhttps; i++)
+        if (memcmp(&a->https_listen[i], &b->https_listen[i], sizeof(a->https_listen[i])) != 0)
+            return 0;
     return 1;
 }
 
@@ -622,6 +668,7 @@ static void on_sighup(uv_signal_t *sig, int signum)
     if (!new_sockets) {
         memcpy(ns.http_listen, m->s.http_listen, sizeof(ns.http_listen));
         memcpy(ns.stream_listen, m->s.stream_listen, sizeof(ns.stream_listen));
+        memcpy(ns.https_listen, m->s.https_listen, sizeof(ns.https_listen));
     }
     int nslots = ns.workers;
     if (nslots > MAX_SLOTS)
@@ -634,7 +681,7 @@ static void on_sighup(uv_signal_t *sig, int signum)
         static struct slot fresh[MAX_SLOTS];
         int ok = 1;
         for (int i = 0; i < nslots && ok; i++) {
-            fresh[i].nfds = fresh[i].nsfds = 0;
+            fresh[i].nfds = fresh[i].nsfds = fresh[i].nhfds = 0;
             for (size_t k = 0; k < m->s.nhttp && ok; k++) {
                 int fd = open_listener(&m->s.http_listen[k], err, sizeof(err));
                 if (fd < 0)
@@ -648,6 +695,13 @@ static void on_sighup(uv_signal_t *sig, int signum)
                     ok = 0;
                 else
                     fresh[i].sfds[fresh[i].nsfds++] = fd;
+            }
+            for (size_t k = 0; k < m->s.nhttps && ok; k++) {
+                int fd = open_listener(&m->s.https_listen[k], err, sizeof(err));
+                if (fd < 0)
+                    ok = 0;
+                else
+                    fresh[i].hfds[fresh[i].nhfds++] = fd;
             }
         }
         if (!ok) {
@@ -665,12 +719,15 @@ static void on_sighup(uv_signal_t *sig, int signum)
                 m->slots[i].nfds = fresh[i].nfds;
                 memcpy(m->slots[i].sfds, fresh[i].sfds, sizeof(fresh[i].sfds));
                 m->slots[i].nsfds = fresh[i].nsfds;
+                memcpy(m->slots[i].hfds, fresh[i].hfds, sizeof(fresh[i].hfds));
+                m->slots[i].nhfds = fresh[i].nhfds;
             }
         }
     } else {
         for (int i = m->nslots; i < nslots; i++)
             if (open_slot(m, i, err, sizeof(err)) < 0 ||
-                open_stream_slot(m, i, err, sizeof(err)) < 0)
+                open_stream_slot(m, i, err, sizeof(err)) < 0 ||
+                open_https_slot(m, i, err, sizeof(err)) < 0)
                 log_error("SIGHUP: %s", err);
     }
     for (int i = nslots; i < m->nslots; i++)
@@ -799,7 +856,8 @@ int master_main(int argc, char **argv)
         m->slots[i].timer_inited = 1;
     }
     for (int i = 0; i < m->nslots; i++) {
-        if (open_slot(m, i, err, sizeof(err)) < 0 || open_stream_slot(m, i, err, sizeof(err)) < 0) {
+        if (open_slot(m, i, err, sizeof(err)) < 0 || open_stream_slot(m, i, err, sizeof(err)) < 0 ||
+            open_https_slot(m, i, err, sizeof(err)) < 0) {
             log_error("%s", err);
             for (int k = 0; k < MAX_SLOTS; k++)
                 close_slot_fds(&m->slots[k]);
@@ -810,6 +868,11 @@ int master_main(int argc, char **argv)
         char where[80];
         netaddr_format((struct sockaddr *)&m->s.http_listen[k], where, sizeof(where));
         log_info("http listening on %s", where);
+    }
+    for (size_t k = 0; k < m->s.nhttps; k++) {
+        char where[80];
+        netaddr_format((struct sockaddr *)&m->s.https_listen[k], where, sizeof(where));
+        log_info("https listening on %s", where);
     }
     for (size_t k = 0; k < m->s.nstream; k++) {
         char where[80];

@@ -24,6 +24,7 @@
 #include "metrics.h"
 #include "snapshot.h"
 #include "stream_proxy.h"
+#include "tls.h"
 
 #define CHANNEL_FD 3
 #define FIRST_LISTEN_FD 4
@@ -35,7 +36,7 @@ struct worker {
     struct cfgs_decoder dec;         /* its frames */
     struct cfg_state st;             /* resources as the master sent them */
     struct snapshot *snap;           /* what new requests are served with (one ref) */
-    struct http_proxy *proxies[DP_MAX_LISTEN]; /* one per inherited listener */
+    struct http_proxy *proxies[2 * DP_MAX_LISTEN]; /* one per inherited http(s) listener */
     size_t nproxies;
     int nfds;                        /* inherited listeners (fds 4..) */
     struct stream_proxy *streams[DP_MAX_LISTEN]; /* stream listeners */
@@ -43,6 +44,10 @@ struct worker {
     int sfds[DP_MAX_LISTEN];         /* their inherited fds */
     int stls[DP_MAX_LISTEN];         /* 1: TLS listener */
     int nsfds;
+    int hfds[DP_MAX_LISTEN];         /* inherited https listeners */
+    int nhfds;
+    struct http_proxy_opts hpo;      /* their options: po with https */
+    struct tls_ctx_store *tls;       /* certificates of the current revision (one ref) */
     struct stream_proxy_opts so;     /* their options */
     int serving;                     /* proxies started: a first snapshot is compiled */
     struct http_proxy_opts po;       /* their options */
@@ -64,6 +69,12 @@ static struct snapshot *current_snapshot(void *ud)
     return w->snap;
 }
 
+static struct tls_ctx_store *current_tls(void *ud)
+{
+    struct worker *w = ud;
+    return w->tls;
+}
+
 /* Accepting starts only once the master's first snapshot is compiled: until
  * then connections wait in the listen queue (an older worker on the same
  * socket keeps taking them), so nobody gets a 404 from a worker that does
@@ -77,6 +88,15 @@ static void start_serving(struct worker *w)
                                                 current_snapshot, w, err, sizeof(err));
         if (!p) {
             log_error("cannot serve listener %d: %s", i, err);
+            continue;
+        }
+        w->proxies[w->nproxies++] = p;
+    }
+    for (int i = 0; i < w->nhfds; i++) {
+        struct http_proxy *p = http_proxy_start(&w->loop, w->hfds[i], &w->hpo, current_snapshot,
+                                                w, err, sizeof(err));
+        if (!p) {
+            log_error("cannot serve https listener %d: %s", i, err);
             continue;
         }
         w->proxies[w->nproxies++] = p;
@@ -112,6 +132,15 @@ static void rebuild(struct worker *w)
     w->snap = s;
     if (old)
         snapshot_unref(old);
+    /* Certificates: unchanged ssls keep their contexts (and sessions). */
+    struct tls_ctx_store *t = tls_ctx_store_build(w->st.res, w->tls, NULL);
+    if (t) {
+        tls_ctx_store_unref(w->tls);
+        w->tls = t;
+    } else {
+        log_error("cannot build the certificates of revision %lld; keeping the previous ones",
+                  (long long)w->st.revision);
+    }
     log_debug("serving revision %lld (%zu routes)", (long long)s->revision, s->nroutes);
     if (!w->serving && !w->stopping)
         start_serving(w);
@@ -306,6 +335,7 @@ int worker_main(int argc, char **argv)
     /* An empty snapshot until the master's arrives: every request is a 404. */
     json_t *empty = json_object();
     w->snap = snapshot_build(empty, 0);
+    w->tls = tls_ctx_store_build(empty, NULL, NULL);
     json_decref(empty);
 
     const char *nfds_s = getenv("AIRGW_LISTEN_FDS");
@@ -327,6 +357,16 @@ int worker_main(int argc, char **argv)
         q = end + (*end == 't');
         q += *q == ',';
     }
+    const char *hfds = getenv("AIRGW_HTTPS_FDS");
+    for (const char *q = hfds; q && *q && w->nhfds < DP_MAX_LISTEN;) {
+        char *end;
+        long fd = strtol(q, &end, 10);
+        if (end == q || fd < 3)
+            break;
+        w->hfds[w->nhfds++] = (int)fd;
+        fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+        q = end + (*end == ',');
+    }
     stream_proxy_opts_init(&w->so);
     w->so.worker_id = w->s.worker_index;
     w->so.mqtt_connect_timeout_ms = w->s.limits.mqtt_connect_timeout_ms;
@@ -347,6 +387,9 @@ int worker_main(int argc, char **argv)
     po->worker_id = w->s.worker_index;
     po->on_request_info = request_done;
     po->hook_ud = w;
+    po->tls_current = current_tls;
+    w->hpo = *po;
+    w->hpo.https = true;
     int exit_code = 0;
 
     uv_pipe_init(&w->loop, &w->chan, 0);
@@ -374,6 +417,7 @@ int worker_main(int argc, char **argv)
         log_warn("loop closed with handles still open");
     if (w->snap)
         snapshot_unref(w->snap);
+    tls_ctx_store_unref(w->tls);
     cfgs_decoder_free(&w->dec);
     cfg_state_free(&w->st);
     if (w->access_log_fd >= 0)

@@ -36,3 +36,7 @@ if [ -x tests/bench/bench_http.sh ]; then
     echo
     bash tests/bench/bench_http.sh
 fi
+if [ -x tests/bench/bench_mqtt.sh ]; then
+    echo
+    bash tests/bench/bench_mqtt.sh
+fi
