@@ -92,7 +92,8 @@ cmd_start() {
     cat <<MSG
 airgw is running.
   Admin API      http://127.0.0.1:9180   (X-API-KEY: $key)
-  HTTP traffic   http://127.0.0.1:9080
+  HTTP traffic   http://127.0.0.1:9080   (HTTPS 127.0.0.1:9443 once an ssl is configured)
+  MQTT           127.0.0.1:9100           (once a stream route is configured; docs/mqtt.md)
   metrics        http://127.0.0.1:9091/apisix/prometheus/metrics
   config stream  127.0.0.1:9280
   logs           $DATA/controlplane.log, $DATA/dataplane.log
