@@ -17,22 +17,11 @@
 #include <sys/time.h>
 #include <time.h>
 
+#include "cfgs_uv.h"
 #include "cfgstream.h"
 #include "config.h"
 #include "log.h"
 #include "netaddr.h"
-
-/* An encoded frame shared by every connection it is queued on. */
-struct frame {
-    unsigned refs; /* one per queued write, plus the creator's until it lets go */
-    size_t len;    /* bytes in data */
-    char *data;    /* malloc'd by the cfgstream encoder */
-};
-
-struct wreq {
-    uv_write_t req;   /* libuv request; req.data is unused */
-    struct frame *f;  /* the frame being written (one ref) */
-};
 
 enum dp_state { DP_WAIT_HELLO, DP_LIVE, DP_FLUSHING, DP_CLOSING };
 
@@ -71,27 +60,6 @@ static int64_t now_ms(void)
     struct timeval tv;
     gettimeofday(&tv, NULL);
     return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
-}
-
-static struct frame *frame_new(char *data, size_t len)
-{
-    struct frame *f = malloc(sizeof(*f));
-    if (!f) {
-        free(data);
-        return NULL;
-    }
-    f->refs = 1;
-    f->len = len;
-    f->data = data;
-    return f;
-}
-
-static void frame_unref(struct frame *f)
-{
-    if (--f->refs == 0) {
-        free(f->data);
-        free(f);
-    }
 }
 
 static void maybe_free_server(struct stream_server *srv)
@@ -142,22 +110,19 @@ static void conn_flush_close(struct dp_conn *c)
         conn_close(c);
 }
 
-static void on_write(uv_write_t *req, int status)
+static void on_write_error(uv_stream_t *s, int status)
 {
-    struct wreq *w = (struct wreq *)req;
-    struct dp_conn *c = req->handle->data;
-    frame_unref(w->f);
-    free(w);
-    if (status < 0 && status != UV_ECANCELED && c->state != DP_CLOSING) {
-        log_info("config stream: data plane %s (%s): write failed: %s", c->node_id, c->addr,
-                 uv_strerror(status));
-        conn_close(c);
-    }
+    struct dp_conn *c = s->data;
+    if (c->state == DP_CLOSING)
+        return;
+    log_info("config stream: data plane %s (%s): write failed: %s", c->node_id, c->addr,
+             uv_strerror(status));
+    conn_close(c);
 }
 
 /* Queues f on c. check_backlog is off while a snapshot is being queued: a
  * snapshot is bounded by the configuration's size, not by a slow reader. */
-static int conn_send(struct dp_conn *c, struct frame *f, int check_backlog)
+static int conn_send(struct dp_conn *c, struct cfgs_frame *f, int check_backlog)
 {
     if (c->state == DP_CLOSING || c->state == DP_FLUSHING)
         return -EPIPE;
@@ -173,18 +138,8 @@ static int conn_send(struct dp_conn *c, struct frame *f, int check_backlog)
             uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
         return -ENOBUFS;
     }
-    struct wreq *w = malloc(sizeof(*w));
-    if (!w) {
-        conn_close(c);
-        return -ENOMEM;
-    }
-    w->f = f;
-    f->refs++;
-    uv_buf_t b = uv_buf_init(f->data, (unsigned)f->len);
-    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
+    int rc = cfgs_frame_write((uv_stream_t *)&c->tcp, f, on_write_error);
     if (rc < 0) {
-        frame_unref(f);
-        free(w);
         conn_close(c);
         return rc;
     }
@@ -199,13 +154,13 @@ static int send_encoded(struct dp_conn *c, int enc_rc, char *data, size_t len, i
         conn_close(c);
         return enc_rc;
     }
-    struct frame *f = frame_new(data, len);
+    struct cfgs_frame *f = cfgs_frame_new(data, len);
     if (!f) {
         conn_close(c);
         return -ENOMEM;
     }
     int rc = conn_send(c, f, check_backlog);
-    frame_unref(f);
+    cfgs_frame_unref(f);
     return rc;
 }
 
@@ -267,7 +222,7 @@ static int send_snapshot(struct dp_conn *c, int64_t rev)
 /* History is collected first: the answer (RESUME or SNAPSHOT) depends on
  * whether all of it is still there. */
 struct hist {
-    struct frame **frames; /* encoded changes, in order */
+    struct cfgs_frame **frames; /* encoded changes, in order */
     size_t n, cap;         /* used, allocated */
 };
 
@@ -283,7 +238,7 @@ static int hist_add(void *ud, const struct store_change *ch)
         return rc;
     if (h->n == h->cap) {
         size_t cap = h->cap ? h->cap * 2 : 64;
-        struct frame **f = realloc(h->frames, cap * sizeof(*f));
+        struct cfgs_frame **f = realloc(h->frames, cap * sizeof(*f));
         if (!f) {
             free(d);
             return -ENOMEM;
@@ -291,7 +246,7 @@ static int hist_add(void *ud, const struct store_change *ch)
         h->frames = f;
         h->cap = cap;
     }
-    struct frame *f = frame_new(d, n);
+    struct cfgs_frame *f = cfgs_frame_new(d, n);
     if (!f)
         return -ENOMEM;
     h->frames[h->n++] = f;
@@ -330,7 +285,7 @@ static void on_hello(struct dp_conn *c, const struct cfgs_msg *m)
                      c->node_id, c->addr, (long long)m->revision, h.n);
         }
         for (size_t i = 0; i < h.n; i++)
-            frame_unref(h.frames[i]);
+            cfgs_frame_unref(h.frames[i]);
         free(h.frames);
         if (rc == 0 || c->state == DP_CLOSING || c->state == DP_FLUSHING)
             return;
@@ -493,7 +448,7 @@ void stream_server_publish(void *ud, const struct store_change *ch)
     struct stream_server *srv = ud;
     if (!srv || srv->stopping)
         return;
-    struct frame *f = NULL;
+    struct cfgs_frame *f = NULL;
     for (struct dp_conn *c = srv->conns, *next; c; c = next) {
         next = c->next;
         if (c->state != DP_LIVE)
@@ -509,13 +464,13 @@ void stream_server_publish(void *ud, const struct store_change *ch)
                           strerror(-rc));
                 return;
             }
-            if (!(f = frame_new(d, n)))
+            if (!(f = cfgs_frame_new(d, n)))
                 return;
         }
         conn_send(c, f, 1);
     }
     if (f)
-        frame_unref(f);
+        cfgs_frame_unref(f);
 }
 
 json_t *stream_server_list(struct stream_server *srv)

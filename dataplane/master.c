@@ -128,18 +128,18 @@ fail:
     return -1;
 }
 
-/* A port of 0 is resolved once, by the first socket, so every slot shares
- * the same port. */
-static int open_slot(struct master *m, int i, char *err, size_t errlen)
+/* Opens one socket per address of a set into fds. A port of 0 is resolved
+ * by the first socket and written back into addrs, so every slot shares it. */
+static int open_set(struct sockaddr_storage *addrs, size_t n, int *fds, size_t *nfds, char *err,
+                    size_t errlen)
 {
-    struct slot *sl = &m->slots[i];
-    sl->nfds = 0;
-    for (size_t k = 0; k < m->s.nhttp; k++) {
-        int fd = open_listener(&m->s.http_listen[k], err, errlen);
+    *nfds = 0;
+    for (size_t k = 0; k < n; k++) {
+        int fd = open_listener(&addrs[k], err, errlen);
         if (fd < 0)
             return -1;
-        sl->fds[sl->nfds++] = fd;
-        struct sockaddr_storage *ss = &m->s.http_listen[k];
+        fds[(*nfds)++] = fd;
+        struct sockaddr_storage *ss = &addrs[k];
         uint16_t *port = ss->ss_family == AF_INET6 ? &((struct sockaddr_in6 *)ss)->sin6_port
                                                    : &((struct sockaddr_in *)ss)->sin_port;
         if (*port == 0) {
@@ -151,6 +151,34 @@ static int open_slot(struct master *m, int i, char *err, size_t errlen)
         }
     }
     return 0;
+}
+
+/* Opens every listening socket of a slot into *sl: http, stream, https. */
+static int open_slot_into(struct master *m, struct slot *sl, char *err, size_t errlen)
+{
+    return open_set(m->s.http_listen, m->s.nhttp, sl->fds, &sl->nfds, err, errlen) < 0 ||
+                   open_set(m->s.stream_listen, m->s.nstream, sl->sfds, &sl->nsfds, err,
+                            errlen) < 0 ||
+                   open_set(m->s.https_listen, m->s.nhttps, sl->hfds, &sl->nhfds, err, errlen) < 0
+               ? -1
+               : 0;
+}
+
+/* Hands src's sockets to dst (dst's timers and backoff stay). */
+static void move_fds(struct slot *dst, struct slot *src)
+{
+    memcpy(dst->fds, src->fds, sizeof(src->fds));
+    dst->nfds = src->nfds;
+    memcpy(dst->sfds, src->sfds, sizeof(src->sfds));
+    dst->nsfds = src->nsfds;
+    memcpy(dst->hfds, src->hfds, sizeof(src->hfds));
+    dst->nhfds = src->nhfds;
+    src->nfds = src->nsfds = src->nhfds = 0;
+}
+
+static int open_slot(struct master *m, int i, char *err, size_t errlen)
+{
+    return open_slot_into(m, &m->slots[i], err, errlen);
 }
 
 static void close_slot_fds(struct slot *sl)
@@ -164,54 +192,6 @@ static void close_slot_fds(struct slot *sl)
     for (size_t k = 0; k < sl->nhfds; k++)
         close(sl->hfds[k]);
     sl->nhfds = 0;
-}
-
-/* Opens a slot's stream sockets (same rule for port 0 as open_slot). */
-static int open_stream_slot(struct master *m, int i, char *err, size_t errlen)
-{
-    struct slot *sl = &m->slots[i];
-    sl->nsfds = 0;
-    for (size_t k = 0; k < m->s.nstream; k++) {
-        int fd = open_listener(&m->s.stream_listen[k], err, errlen);
-        if (fd < 0)
-            return -1;
-        sl->sfds[sl->nsfds++] = fd;
-        struct sockaddr_storage *ss = &m->s.stream_listen[k];
-        uint16_t *port = ss->ss_family == AF_INET6 ? &((struct sockaddr_in6 *)ss)->sin6_port
-                                                   : &((struct sockaddr_in *)ss)->sin_port;
-        if (*port == 0) {
-            struct sockaddr_storage b;
-            socklen_t bl = sizeof(b);
-            getsockname(fd, (struct sockaddr *)&b, &bl);
-            *port = b.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&b)->sin6_port
-                                            : ((struct sockaddr_in *)&b)->sin_port;
-        }
-    }
-    return 0;
-}
-
-/* Opens a slot's https sockets (same rule for port 0 as open_slot). */
-static int open_https_slot(struct master *m, int i, char *err, size_t errlen)
-{
-    struct slot *sl = &m->slots[i];
-    sl->nhfds = 0;
-    for (size_t k = 0; k < m->s.nhttps; k++) {
-        int fd = open_listener(&m->s.https_listen[k], err, errlen);
-        if (fd < 0)
-            return -1;
-        sl->hfds[sl->nhfds++] = fd;
-        struct sockaddr_storage *ss = &m->s.https_listen[k];
-        uint16_t *port = ss->ss_family == AF_INET6 ? &((struct sockaddr_in6 *)ss)->sin6_port
-                                                   : &((struct sockaddr_in *)ss)->sin_port;
-        if (*port == 0) {
-            struct sockaddr_storage b;
-            socklen_t bl = sizeof(b);
-            getsockname(fd, (struct sockaddr *)&b, &bl);
-            *port = b.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&b)->sin6_port
-                                            : ((struct sockaddr_in *)&b)->sin_port;
-        }
-    }
-    return 0;
 }
 
 /* ---- configuration to workers ---- */
@@ -679,31 +659,10 @@ static void on_sighup(uv_signal_t *sig, int signum)
         /* Open every new socket first: if one fails, nothing changes. The
          * old sockets stay open in the old workers until they drain. */
         static struct slot fresh[MAX_SLOTS];
+        memset(fresh, 0, sizeof(fresh));
         int ok = 1;
-        for (int i = 0; i < nslots && ok; i++) {
-            fresh[i].nfds = fresh[i].nsfds = fresh[i].nhfds = 0;
-            for (size_t k = 0; k < m->s.nhttp && ok; k++) {
-                int fd = open_listener(&m->s.http_listen[k], err, sizeof(err));
-                if (fd < 0)
-                    ok = 0;
-                else
-                    fresh[i].fds[fresh[i].nfds++] = fd;
-            }
-            for (size_t k = 0; k < m->s.nstream && ok; k++) {
-                int fd = open_listener(&m->s.stream_listen[k], err, sizeof(err));
-                if (fd < 0)
-                    ok = 0;
-                else
-                    fresh[i].sfds[fresh[i].nsfds++] = fd;
-            }
-            for (size_t k = 0; k < m->s.nhttps && ok; k++) {
-                int fd = open_listener(&m->s.https_listen[k], err, sizeof(err));
-                if (fd < 0)
-                    ok = 0;
-                else
-                    fresh[i].hfds[fresh[i].nhfds++] = fd;
-            }
-        }
+        for (int i = 0; i < nslots && ok; i++)
+            ok = open_slot_into(m, &fresh[i], err, sizeof(err)) == 0;
         if (!ok) {
             log_error("SIGHUP: %s; keeping the running settings", err);
             for (int i = 0; i < nslots; i++)
@@ -714,20 +673,12 @@ static void on_sighup(uv_signal_t *sig, int signum)
         }
         for (int i = 0; i < MAX_SLOTS; i++) {
             close_slot_fds(&m->slots[i]);
-            if (i < nslots) {
-                memcpy(m->slots[i].fds, fresh[i].fds, sizeof(fresh[i].fds));
-                m->slots[i].nfds = fresh[i].nfds;
-                memcpy(m->slots[i].sfds, fresh[i].sfds, sizeof(fresh[i].sfds));
-                m->slots[i].nsfds = fresh[i].nsfds;
-                memcpy(m->slots[i].hfds, fresh[i].hfds, sizeof(fresh[i].hfds));
-                m->slots[i].nhfds = fresh[i].nhfds;
-            }
+            if (i < nslots)
+                move_fds(&m->slots[i], &fresh[i]);
         }
     } else {
         for (int i = m->nslots; i < nslots; i++)
-            if (open_slot(m, i, err, sizeof(err)) < 0 ||
-                open_stream_slot(m, i, err, sizeof(err)) < 0 ||
-                open_https_slot(m, i, err, sizeof(err)) < 0)
+            if (open_slot(m, i, err, sizeof(err)) < 0)
                 log_error("SIGHUP: %s", err);
     }
     for (int i = nslots; i < m->nslots; i++)
@@ -856,8 +807,7 @@ int master_main(int argc, char **argv)
         m->slots[i].timer_inited = 1;
     }
     for (int i = 0; i < m->nslots; i++) {
-        if (open_slot(m, i, err, sizeof(err)) < 0 || open_stream_slot(m, i, err, sizeof(err)) < 0 ||
-            open_https_slot(m, i, err, sizeof(err)) < 0) {
+        if (open_slot(m, i, err, sizeof(err)) < 0) {
             log_error("%s", err);
             for (int k = 0; k < MAX_SLOTS; k++)
                 close_slot_fds(&m->slots[k]);

@@ -137,6 +137,39 @@ static int add_upstream(struct snapshot *s, struct upstream_rt *up)
     return 0;
 }
 
+/* Builds an upstream owned by one route and registers it with the snapshot.
+ * NULL when it cannot be built (logged) or out of memory. */
+static struct upstream_rt *find_upstream(const struct snapshot *s, const char *id);
+static const char *id_str(const json_t *v, char *buf, size_t len);
+
+static struct upstream_rt *add_inline_upstream(struct snapshot *s, const char *id, json_t *conf)
+{
+    struct upstream_rt *up = upstream_build(id, conf);
+    if (up && add_upstream(s, up) < 0) {
+        upstream_free(up);
+        return NULL;
+    }
+    return up;
+}
+
+/* The upstream a route names: inline (registered under own_id), else by
+ * upstream_id (shared), else NULL. kind and rid are for the log. */
+static struct upstream_rt *route_upstream(struct snapshot *s, const json_t *m, const char *own_id,
+                                          const char *kind, const char *rid)
+{
+    json_t *inl = json_object_get(m, "upstream");
+    char buf[32];
+    const char *uid = id_str(json_object_get(m, "upstream_id"), buf, sizeof(buf));
+    if (json_is_object(inl))
+        return add_inline_upstream(s, own_id, inl);
+    if (!uid)
+        return NULL;
+    struct upstream_rt *up = find_upstream(s, uid);
+    if (!up)
+        log_warn("%s %s: upstream %s does not exist", kind, rid, uid);
+    return up;
+}
+
 static struct upstream_rt *find_upstream(const struct snapshot *s, const char *id)
 {
     for (size_t i = 0; i < s->nupstreams; i++)
@@ -251,22 +284,9 @@ static int compile_route(struct snapshot *s, const char *rid, const json_t *rout
     r->name = json_string_value(json_object_get(m, "name"));
     r->plugins = json_object_get(m, "plugins");
     r->enable_websocket = json_is_true(json_object_get(m, "enable_websocket"));
-    json_t *inl = json_object_get(m, "upstream");
-    char buf[32];
-    const char *uid = id_str(json_object_get(m, "upstream_id"), buf, sizeof(buf));
-    if (json_is_object(inl)) {
-        char id[96];
-        snprintf(id, sizeof(id), "route/%s", rid);
-        r->up = upstream_build(id, inl);
-        if (r->up && add_upstream(s, r->up) < 0) {
-            upstream_free(r->up);
-            r->up = NULL;
-        }
-    } else if (uid) {
-        r->up = find_upstream(s, uid);
-        if (!r->up)
-            log_warn("route %s: upstream %s does not exist", rid, uid);
-    }
+    char own[96];
+    snprintf(own, sizeof(own), "route/%s", rid);
+    r->up = route_upstream(s, m, own, "route", rid);
     r->timeout = r->up ? r->up->timeout
                        : (struct timeouts){DEFAULT_TIMEOUT_MS, DEFAULT_TIMEOUT_MS,
                                            DEFAULT_TIMEOUT_MS};
@@ -293,7 +313,7 @@ static int compile_route(struct snapshot *s, const char *rid, const json_t *rout
 static int compile_stream_route(struct snapshot *s, const char *rid, const json_t *route)
 {
     json_t *m = json_deep_copy(route);
-    char b1[32], b2[32];
+    char b1[32];
     const char *sid = id_str(json_object_get(route, "service_id"), b1, sizeof(b1));
     json_t *svc = lookup(s->resources, "services", sid);
     if (svc) {
@@ -332,22 +352,12 @@ static int compile_stream_route(struct snapshot *s, const char *rid, const json_
         if (json_is_integer(lvl))
             r->mqtt_level = (int)json_integer_value(lvl);
     }
-    json_t *inl = json_object_get(m, "upstream");
-    const char *uid = id_str(json_object_get(m, "upstream_id"), b2, sizeof(b2));
     json_t *legacy = json_object_get(mq, "upstream");
     char upid[96];
     snprintf(upid, sizeof(upid), "stream_route/%s", rid);
-    if (json_is_object(inl)) {
-        r->up = upstream_build(upid, inl);
-        if (r->up && add_upstream(s, r->up) < 0) {
-            upstream_free(r->up);
-            r->up = NULL;
-        }
-    } else if (uid) {
-        r->up = find_upstream(s, uid);
-        if (!r->up)
-            log_warn("stream route %s: upstream %s does not exist", rid, uid);
-    } else if (json_is_object(legacy)) {
+    r->up = route_upstream(s, m, upid, "stream route", rid);
+    if (!r->up && !json_object_get(m, "upstream") && !json_object_get(m, "upstream_id") &&
+        json_is_object(legacy)) {
         const char *host = json_string_value(json_object_get(legacy, "host"));
         if (!host)
             host = json_string_value(json_object_get(legacy, "ip"));
@@ -358,11 +368,7 @@ static int compile_stream_route(struct snapshot *s, const char *rid, const json_
         json_t *u = json_pack("{s:s, s:{s:i}}", "type", "roundrobin", "nodes", node, 1);
         /* The snapshot owns the JSON the upstream points at. */
         json_object_set_new(r->conf, "upstream", u);
-        r->up = upstream_build(upid, u);
-        if (r->up && add_upstream(s, r->up) < 0) {
-            upstream_free(r->up);
-            r->up = NULL;
-        }
+        r->up = add_inline_upstream(s, upid, u);
     }
     if (r->up && (r->up->scheme == UP_HTTP || r->up->scheme == UP_HTTPS))
         r->up->scheme = r->up->scheme == UP_HTTP ? UP_TCP : UP_TLS;
