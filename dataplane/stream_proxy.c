@@ -2,8 +2,10 @@
  * stream_proxy: see stream_proxy.h.
  *
  * Connection states:
+ *   S_HANDSHAKE     TLS listener: the client's handshake (no route yet)
  *   S_CONNECT_WAIT  reading the client's MQTT CONNECT into c->buf
- *   S_UP_CONNECTING an attempt to a node is under way (c->up)
+ *   S_UP_CONNECTING an attempt to a node is under way (c->up; with scheme
+ *                   "tls" also its handshake)
  *   S_PROXYING      bytes flow both ways
  *   S_FLUSHING      a last answer (a CONNACK) is being written; then close
  *   S_CLOSING       handles are closing; freed when the last one has closed
@@ -21,12 +23,13 @@
 #include "mqtt_codec.h"
 #include "netaddr.h"
 #include "snapshot.h"
+#include "tls.h"
 
 #define HIGH_WATER (64 * 1024) /* stop reading a side whose peer is this far behind */
 #define SWEEP_MS 250
 #define KEY_MAX 512
 
-enum sstate { S_CONNECT_WAIT, S_UP_CONNECTING, S_PROXYING, S_FLUSHING, S_CLOSING };
+enum sstate { S_CONNECT_WAIT, S_UP_CONNECTING, S_PROXYING, S_FLUSHING, S_CLOSING, S_HANDSHAKE };
 
 struct sconn;
 
@@ -35,6 +38,7 @@ struct upconn {
     uv_tcp_t tcp;          /* tcp.data = upconn */
     uv_connect_t creq;     /* connect request */
     struct sconn *c;       /* owner, NULL once it let go */
+    struct tls_conn *tls;  /* scheme "tls": the client side of TLS, else NULL */
 };
 
 /* A host name being resolved for one attempt. */
@@ -47,6 +51,7 @@ struct dnsreq {
 struct sconn {
     uv_tcp_t client;                    /* client.data = sconn */
     struct dnsreq *dns;                 /* resolution under way, or NULL */
+    struct tls_conn *tls;               /* TLS listener: the server side, else NULL */
     struct stream_proxy *p;             /* owner */
     struct sconn *prev, *next;          /* p->conns */
     struct snapshot *snap;              /* revision this connection was routed with */
@@ -77,6 +82,8 @@ struct stream_proxy {
     void (*drain_done)(void *ud);
     void *drain_ud;
     int draining, freeing, open;        /* open: listener + sweep not yet closed */
+    uint64_t tls_warned;                /* loop ms of the last TLS failure logged */
+    struct tls_ctx_store *tls_own;      /* an empty store when the worker gives none */
     char rbuf[64 * 1024];               /* shared read buffer */
 };
 
@@ -115,8 +122,10 @@ static void maybe_drained(struct stream_proxy *p)
 
 static void maybe_free_proxy(struct stream_proxy *p)
 {
-    if (p->freeing && p->open == 0 && !p->conns)
+    if (p->freeing && p->open == 0 && !p->conns) {
+        tls_ctx_store_unref(p->tls_own);
         free(p);
+    }
 }
 
 static void on_handle_closed(uv_handle_t *h)
@@ -124,6 +133,7 @@ static void on_handle_closed(uv_handle_t *h)
     struct sconn *c = h->data;
     if (h != (uv_handle_t *)&c->client) {
         struct upconn *u = (struct upconn *)h;
+        tls_conn_free(u->tls);
         free(u);
     }
     if (--c->handles > 0)
@@ -140,6 +150,7 @@ static void on_handle_closed(uv_handle_t *h)
     if (c->snap)
         snapshot_unref(c->snap);
     free(c->buf);
+    tls_conn_free(c->tls);
     p->st.connections_active--;
     free(c);
     maybe_drained(p);
@@ -227,6 +238,41 @@ static int send_bytes(struct sconn *c, uv_stream_t *s, const char *data, size_t 
     return rc;
 }
 
+/* Sends the ciphertext t produced on s (copying only what the kernel does
+ * not take at once), so the engine's output buffer is freed at once. */
+static int flush_tls(struct sconn *c, uv_stream_t *s, struct tls_conn *t)
+{
+    const char *d;
+    size_t n = tls_conn_out(t, &d);
+    if (n == 0)
+        return 0;
+    int rc = send_bytes(c, s, d, n);
+    tls_conn_out_consume(t, n);
+    return rc;
+}
+
+/* Sends plaintext on one side: as it is, or through its TLS connection. */
+static int side_send(struct sconn *c, uv_stream_t *s, struct tls_conn *t, const char *data,
+                     size_t len)
+{
+    if (!t)
+        return send_bytes(c, s, data, len);
+    int rc = tls_conn_write(t, data, len);
+    if (rc < 0)
+        return rc == -ENOMEM ? UV_ENOMEM : UV_EPROTO;
+    return flush_tls(c, s, t);
+}
+
+static struct tls_ctx_store *proxy_tls_store(struct stream_proxy *p)
+{
+    struct tls_ctx_store *st = p->o.tls_current ? p->o.tls_current(p->current_ud) : NULL;
+    if (st)
+        return st;
+    if (!p->tls_own)
+        p->tls_own = tls_ctx_store_build(NULL, NULL, NULL);
+    return p->tls_own;
+}
+
 /* ---- answers before the upstream ---- */
 
 static void on_flush_shutdown(uv_shutdown_t *req, int status)
@@ -245,7 +291,8 @@ static void on_discard(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         conn_close(c);
 }
 
-/* Sends a last answer (a CONNACK), then a FIN, then waits (bounded by the
+/* Sends a last answer (a CONNACK), then a FIN (on TLS: the CONNACK
+ * encrypted, close_notify, then the FIN), then waits (bounded by the
  * sweep) for the client to close. */
 static void answer_and_close(struct sconn *c, const uint8_t *bytes, size_t len)
 {
@@ -256,7 +303,9 @@ static void answer_and_close(struct sconn *c, const uint8_t *bytes, size_t len)
     drop_buf(c);
     uv_read_stop((uv_stream_t *)&c->client);
     uv_shutdown_t *req = malloc(sizeof(*req));
-    if (send_bytes(c, (uv_stream_t *)&c->client, (const char *)bytes, len) < 0 || !req ||
+    if (side_send(c, (uv_stream_t *)&c->client, c->tls, (const char *)bytes, len) < 0 || !req ||
+        (c->tls && (tls_conn_shutdown(c->tls) < 0 ||
+                    flush_tls(c, (uv_stream_t *)&c->client, c->tls) < 0)) ||
         uv_shutdown(req, (uv_stream_t *)&c->client, on_flush_shutdown) < 0) {
         free(req);
         conn_close(c);
@@ -376,19 +425,72 @@ static const char *node_addr(const struct upstream_rt *up, int idx)
     return n ? n->addr : "?";
 }
 
+static void on_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+/* Milliseconds since the current attempt started. */
+static uint32_t attempt_ms(const struct sconn *c)
+{
+    return (uint32_t)(uv_now(c->p->loop) - (c->deadline - c->route->up->timeout.connect_ms));
+}
+
+/* The upstream TLS handshake failed: a failed connect (next node). */
+static void up_tls_failed(struct sconn *c, const char *why)
+{
+    log_info("stream: route %s: node %s: TLS handshake failed: %s", c->route->id,
+             node_addr(c->route->up, c->node), why && *why ? why : "connection closed");
+    upstream_report(c->route->up, c->node, false, attempt_ms(c));
+    close_up(c);
+    try_next_node(c);
+}
+
+/* TCP is up to a node of a scheme "tls" upstream: the ClientHello goes out;
+ * the handshake runs under the same connect deadline (on_up_read). */
+static void start_up_tls(struct sconn *c)
+{
+    struct upstream_rt *up = c->route->up;
+    char err[256] = "out of memory";
+    struct tls_ctx_store *st = proxy_tls_store(c->p);
+    struct tls_client_ctx *cc =
+        st ? tls_ctx_store_client(st, up->conf, c->snap ? c->snap->resources : NULL, err,
+                                  sizeof(err))
+           : NULL;
+    if (!cc) {
+        log_warn("stream: route %s: upstream %s: TLS: %s", c->route->id, up->id, err);
+        refuse(c, MQTT_REFUSE_UNAVAILABLE, "upstream TLS not usable");
+        return;
+    }
+    /* SNI (and the name verified): upstream_host with pass_host rewrite,
+     * else the node's host; none for an IP literal. */
+    const struct balancer_node *bn = balancer_node(up->bal, c->node);
+    const char *name = up->pass_host == PASS_HOST_REWRITE && up->upstream_host
+                           ? up->upstream_host
+                           : (bn ? bn->host : NULL);
+    if (!(c->up->tls = tls_conn_new_client(cc, name, NULL, NULL))) {
+        conn_close(c);
+        return;
+    }
+    uv_read_start((uv_stream_t *)&c->up->tcp, on_alloc, on_up_read);
+    if (flush_tls(c, (uv_stream_t *)&c->up->tcp, c->up->tls) < 0)
+        up_tls_failed(c, "cannot send");
+}
+
 static void on_up_connect(uv_connect_t *req, int status)
 {
     struct upconn *u = req->data;
     struct sconn *c = u->c;
     if (!c || c->state != S_UP_CONNECTING || c->up != u)
         return;
-    uint32_t took = (uint32_t)(uv_now(c->p->loop) - (c->deadline - c->route->up->timeout.connect_ms));
+    uint32_t took = attempt_ms(c);
     if (status < 0) {
         log_info("stream: route %s: node %s: %s", c->route->id,
                  node_addr(c->route->up, c->node), uv_strerror(status));
         upstream_report(c->route->up, c->node, false, took);
         close_up(c);
         try_next_node(c);
+        return;
+    }
+    if (c->route->up->scheme == UP_TLS) {
+        start_up_tls(c);
         return;
     }
     upstream_report(c->route->up, c->node, true, took);
@@ -510,7 +612,6 @@ static void connect_to(struct sconn *c, const struct sockaddr *sa)
     }
 }
 
-static void on_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
 static void on_shutdown(uv_shutdown_t *req, int status)
@@ -519,9 +620,14 @@ static void on_shutdown(uv_shutdown_t *req, int status)
     free(req);
 }
 
-/* Passes a FIN on to s once the bytes queued on it are out. */
-static void half_close(struct sconn *c, uv_stream_t *s)
+/* Passes a FIN on to s once the bytes queued on it are out (on a TLS side
+ * close_notify first). */
+static void half_close(struct sconn *c, uv_stream_t *s, struct tls_conn *t)
 {
+    if (t && (tls_conn_shutdown(t) < 0 || flush_tls(c, s, t) < 0)) {
+        conn_close(c);
+        return;
+    }
     uv_shutdown_t *req = malloc(sizeof(*req));
     if (!req || uv_shutdown(req, s, on_shutdown) < 0) {
         free(req);
@@ -536,7 +642,7 @@ static void start_proxying(struct sconn *c)
     c->last_active = uv_now(c->p->loop);
     uv_tcp_nodelay(&c->up->tcp, 1);
     if (c->buf_len) {
-        int rc = send_bytes(c, (uv_stream_t *)&c->up->tcp, c->buf, c->buf_len);
+        int rc = side_send(c, (uv_stream_t *)&c->up->tcp, c->up->tls, c->buf, c->buf_len);
         drop_buf(c);
         if (rc < 0) {
             conn_close(c);
@@ -551,7 +657,7 @@ static void start_proxying(struct sconn *c)
         return;
     }
     /* The client finished sending before the upstream answered. */
-    half_close(c, (uv_stream_t *)&c->up->tcp);
+    half_close(c, (uv_stream_t *)&c->up->tcp, c->up->tls);
 }
 
 /* A whole CONNECT is in c->buf: check it against the route, then connect. */
@@ -635,6 +741,190 @@ static void early_bytes(struct sconn *c, const char *data, size_t len)
     }
 }
 
+static void route_conn(struct sconn *c, const char *sni);
+
+static void tls_log_failure(struct sconn *c, struct tls_conn *t, const char *what)
+{
+    /* Scanners and broken clients come in bursts: one line per second. */
+    struct stream_proxy *p = c->p;
+    uint64_t now = uv_now(p->loop);
+    if (p->tls_warned && now - p->tls_warned < 1000)
+        return;
+    p->tls_warned = now;
+    char ip[64] = "?";
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    if (uv_tcp_getpeername(&c->client, (struct sockaddr *)&ss, &len) == 0)
+        netaddr_format_ip((struct sockaddr *)&ss, ip, sizeof(ip));
+    const char *sni = tls_conn_sni(t);
+    log_info("worker %d: stream TLS %s with %s (server name %s): %s", p->o.worker_id, what, ip,
+             sni ? sni : "none", tls_conn_error(t));
+}
+
+/* The client's EOF (a FIN, or close_notify on TLS). */
+static void client_eof(struct sconn *c)
+{
+    c->client_eof = 1;
+    uv_read_stop((uv_stream_t *)&c->client);
+    if (c->state == S_HANDSHAKE || (c->state == S_CONNECT_WAIT && c->route->mqtt)) {
+        conn_close(c); /* gone before a whole CONNECT */
+        return;
+    }
+    if (c->state != S_PROXYING)
+        return; /* start_proxying passes the FIN on */
+    /* Half-close: pass the FIN on once the queued bytes are out. */
+    if (c->up_eof) {
+        conn_close(c);
+        return;
+    }
+    half_close(c, (uv_stream_t *)&c->up->tcp, c->up->tls);
+}
+
+/* The upstream's EOF while proxying. */
+static void up_eof(struct sconn *c)
+{
+    c->up_eof = 1;
+    uv_read_stop((uv_stream_t *)&c->up->tcp);
+    if (c->client_eof) {
+        conn_close(c);
+        return;
+    }
+    half_close(c, (uv_stream_t *)&c->client, c->tls);
+}
+
+/* Plaintext from the client. */
+static void client_plain(struct sconn *c, const char *data, size_t len)
+{
+    if (c->state != S_PROXYING) {
+        early_bytes(c, data, len);
+        return;
+    }
+    uv_stream_t *peer = (uv_stream_t *)&c->up->tcp;
+    if (side_send(c, peer, c->up->tls, data, len) < 0) {
+        conn_close(c);
+        return;
+    }
+    if (uv_stream_get_write_queue_size(peer) > HIGH_WATER) {
+        uv_read_stop((uv_stream_t *)&c->client);
+        c->client_paused = 1;
+    }
+}
+
+/* Plaintext from the upstream. */
+static void up_plain(struct sconn *c, const char *data, size_t len)
+{
+    uv_stream_t *peer = (uv_stream_t *)&c->client;
+    if (side_send(c, peer, c->tls, data, len) < 0) {
+        conn_close(c);
+        return;
+    }
+    if (uv_stream_get_write_queue_size(peer) > HIGH_WATER) {
+        uv_read_stop((uv_stream_t *)&c->up->tcp);
+        c->up_paused = 1;
+    }
+}
+
+/* The client's handshake advanced: once done, route with its server name.
+ * Returns true when plaintext may follow. */
+static bool client_handshake(struct sconn *c)
+{
+    struct stream_proxy *p = c->p;
+    int rc = tls_conn_handshake(c->tls);
+    if (flush_tls(c, (uv_stream_t *)&c->client, c->tls) < 0) {
+        conn_close(c);
+        return false;
+    }
+    if (rc == -EAGAIN)
+        return false;
+    if (rc < 0) {
+        tls_log_failure(c, c->tls, "handshake failed");
+        p->st.refused_total++;
+        conn_close(c);
+        return false;
+    }
+    char dn[512];
+    if (tls_conn_peer_subject(c->tls, dn, sizeof(dn)) >= 0)
+        log_debug("stream: TLS client certificate %s (server name %s)", dn,
+                  tls_conn_sni(c->tls) ? tls_conn_sni(c->tls) : "none");
+    route_conn(c, tls_conn_sni(c->tls));
+    return c->state == S_CONNECT_WAIT || c->state == S_UP_CONNECTING || c->state == S_PROXYING;
+}
+
+/* Ciphertext read on a TLS side: fed to its engine (copied out of the
+ * shared read buffer), then the plaintext is decrypted into the shared
+ * buffer and handled as a plain read; the engine's buffers are drained
+ * (and so freed) before returning. */
+static void tls_input(struct sconn *c, bool client, const char *data, size_t n)
+{
+    struct stream_proxy *p = c->p;
+    struct upconn *u = c->up;
+    struct tls_conn *t = client ? c->tls : u->tls;
+    uv_stream_t *s = client ? (uv_stream_t *)&c->client : (uv_stream_t *)&u->tcp;
+    if (tls_conn_feed(t, data, n) < 0) {
+        if (!client && c->state == S_UP_CONNECTING)
+            up_tls_failed(c, "too much input");
+        else
+            conn_close(c);
+        return;
+    }
+    if (client && c->state == S_HANDSHAKE && !client_handshake(c))
+        return;
+    if (!client && c->state == S_UP_CONNECTING) {
+        int rc = tls_conn_handshake(t);
+        if (flush_tls(c, s, t) < 0) {
+            up_tls_failed(c, "cannot send");
+            return;
+        }
+        if (rc == -EAGAIN)
+            return;
+        if (rc < 0) {
+            up_tls_failed(c, tls_conn_error(t));
+            return;
+        }
+        upstream_report(c->route->up, c->node, true, attempt_ms(c));
+        start_proxying(c);
+        if (c->state != S_PROXYING)
+            return;
+    }
+    for (;;) {
+        size_t got = 0;
+        long k = 0;
+        while (got < sizeof(p->rbuf) &&
+               (k = tls_conn_read(t, p->rbuf + got, sizeof(p->rbuf) - got)) > 0)
+            got += (size_t)k;
+        if (got) {
+            if (client)
+                client_plain(c, p->rbuf, got);
+            else
+                up_plain(c, p->rbuf, got);
+            if (c->state == S_CLOSING || c->state == S_FLUSHING || (!client && c->up != u))
+                return;
+            if (k > 0)
+                continue; /* the buffer was full */
+        }
+        if (flush_tls(c, s, t) < 0) { /* tickets, key updates, alerts */
+            conn_close(c);
+            return;
+        }
+        if (k == -EAGAIN)
+            return;
+        if (k == 0) { /* close_notify: the side's EOF */
+            if (client)
+                client_eof(c);
+            else if (c->state == S_PROXYING)
+                up_eof(c);
+            return;
+        }
+        if (client)
+            tls_log_failure(c, t, "error");
+        else
+            log_info("stream: route %s: node %s: TLS error: %s", c->route->id,
+                     node_addr(c->route->up, c->node), tls_conn_error(t));
+        conn_close(c);
+        return;
+    }
+}
+
 static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct sconn *c = s->data;
@@ -645,71 +935,49 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             conn_close(c);
             return;
         }
-        c->client_eof = 1;
-        uv_read_stop(s);
-        if (c->state == S_CONNECT_WAIT && c->route->mqtt) {
-            conn_close(c); /* gone before a whole CONNECT */
-            return;
-        }
-        if (c->state != S_PROXYING)
-            return; /* start_proxying passes the FIN on */
-        /* Half-close: pass the FIN on once the queued bytes are out. */
-        if (c->up_eof) {
-            conn_close(c);
-            return;
-        }
-        half_close(c, (uv_stream_t *)&c->up->tcp);
+        /* On TLS, a FIN without close_notify (a truncation) is taken as
+         * the EOF too: MQTT frames its own packets. */
+        client_eof(c);
         return;
     }
     if (nread == 0)
         return;
     c->last_active = uv_now(c->p->loop);
-    if (c->state != S_PROXYING) {
-        early_bytes(c, buf->base, (size_t)nread);
+    if (c->tls) {
+        tls_input(c, true, buf->base, (size_t)nread);
         return;
     }
-    uv_stream_t *peer = (uv_stream_t *)&c->up->tcp;
-    if (send_bytes(c, peer, buf->base, (size_t)nread) < 0) {
-        conn_close(c);
-        return;
-    }
-    if (uv_stream_get_write_queue_size(peer) > HIGH_WATER) {
-        uv_read_stop(s);
-        c->client_paused = 1;
-    }
+    client_plain(c, buf->base, (size_t)nread);
 }
 
 static void on_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct sconn *c = s->data;
-    if (c->state != S_PROXYING)
+    if (!c->up || s != (uv_stream_t *)&c->up->tcp)
+        return;
+    bool handshaking = c->state == S_UP_CONNECTING && c->up->tls;
+    if (c->state != S_PROXYING && !handshaking)
         return;
     if (nread < 0) {
+        if (handshaking) {
+            up_tls_failed(c, nread == UV_EOF ? NULL : uv_strerror((int)nread));
+            return;
+        }
         if (nread != UV_EOF) {
             conn_close(c);
             return;
         }
-        c->up_eof = 1;
-        uv_read_stop(s);
-        if (c->client_eof) {
-            conn_close(c);
-            return;
-        }
-        half_close(c, (uv_stream_t *)&c->client);
+        up_eof(c);
         return;
     }
     if (nread == 0)
         return;
     c->last_active = uv_now(c->p->loop);
-    uv_stream_t *peer = (uv_stream_t *)&c->client;
-    if (send_bytes(c, peer, buf->base, (size_t)nread) < 0) {
-        conn_close(c);
+    if (c->up->tls) {
+        tls_input(c, false, buf->base, (size_t)nread);
         return;
     }
-    if (uv_stream_get_write_queue_size(peer) > HIGH_WATER) {
-        uv_read_stop(s);
-        c->up_paused = 1;
-    }
+    up_plain(c, buf->base, (size_t)nread);
 }
 
 static void resume_reading(struct sconn *c)
@@ -754,6 +1022,29 @@ static void on_connection(uv_stream_t *server, int status)
         conn_close(c);
         return;
     }
+    if (!p->o.tls) {
+        route_conn(c, NULL);
+        return;
+    }
+    /* TLS: the handshake first (its server name routes), all within the
+     * CONNECT timeout. No ALPN, or "mqtt" when the client offers it. */
+    struct tls_ctx_store *st = proxy_tls_store(p);
+    if (!st || !(c->tls = tls_conn_new_server(st, "\x04mqtt"))) {
+        conn_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->client, 1);
+    c->state = S_HANDSHAKE;
+    c->last_active = uv_now(p->loop);
+    c->deadline = c->last_active + p->o.mqtt_connect_timeout_ms;
+    uv_read_start((uv_stream_t *)&c->client, on_alloc, on_client_read);
+}
+
+/* Matches the accepted (and, on TLS, handshaken) connection to a stream
+ * route and starts on it: wait for the CONNECT, or connect at once. */
+static void route_conn(struct sconn *c, const char *sni)
+{
+    struct stream_proxy *p = c->p;
     struct snapshot *snap = p->current(p->current_ud);
     struct sockaddr_storage local, remote;
     int l1 = sizeof(local), l2 = sizeof(remote);
@@ -763,19 +1054,26 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     c->route = snapshot_stream_match(snap, (struct sockaddr *)&local, (struct sockaddr *)&remote,
-                                     NULL);
+                                     sni);
     if (!c->route) {
+        if (c->tls)
+            log_debug("stream: no stream route for server name %s; closing",
+                      sni ? sni : "(none)");
         p->st.refused_total++;
         conn_close(c);
         return;
     }
     c->snap = snapshot_ref(snap);
-    uv_tcp_nodelay(&c->client, 1);
     c->last_active = uv_now(p->loop);
+    if (!c->tls)
+        uv_tcp_nodelay(&c->client, 1);
     if (c->route->mqtt) {
         c->state = S_CONNECT_WAIT;
-        c->deadline = c->last_active + p->o.mqtt_connect_timeout_ms;
-        uv_read_start((uv_stream_t *)&c->client, on_alloc, on_client_read);
+        /* On TLS the handshake's deadline goes on: one bound for both. */
+        if (!c->tls) {
+            c->deadline = c->last_active + p->o.mqtt_connect_timeout_ms;
+            uv_read_start((uv_stream_t *)&c->client, on_alloc, on_client_read);
+        }
         return;
     }
     if (!c->route->up) {
@@ -785,7 +1083,8 @@ static void on_connection(uv_stream_t *server, int status)
     }
     /* Plain TCP: connect now; early client bytes wait in c->buf. */
     c->state = S_CONNECT_WAIT;
-    uv_read_start((uv_stream_t *)&c->client, on_alloc, on_client_read);
+    if (!c->tls)
+        uv_read_start((uv_stream_t *)&c->client, on_alloc, on_client_read);
     try_next_node(c);
 }
 
@@ -796,6 +1095,13 @@ static void on_sweep(uv_timer_t *t)
     for (struct sconn *c = p->conns, *next; c; c = next) {
         next = c->next;
         switch (c->state) {
+        case S_HANDSHAKE:
+            if (now >= c->deadline) {
+                tls_log_failure(c, c->tls, "handshake timed out");
+                p->st.refused_total++;
+                conn_close(c);
+            }
+            break;
         case S_CONNECT_WAIT:
             if (c->route && c->route->mqtt && now >= c->deadline) {
                 log_debug("stream: no whole CONNECT within %u ms; closing",
@@ -882,7 +1188,7 @@ void stream_proxy_drain(struct stream_proxy *p, void (*done)(void *ud), void *ud
     /* Connections still waiting for their CONNECT are not sessions yet. */
     for (struct sconn *c = p->conns, *next; c; c = next) {
         next = c->next;
-        if (c->state == S_CONNECT_WAIT)
+        if (c->state == S_CONNECT_WAIT || c->state == S_HANDSHAKE)
             conn_close(c);
     }
     if (!p->conns) {

@@ -19,15 +19,25 @@
  * and a side whose peer is behind by more than 64 KiB stops being read.
  * Timeouts (CONNECT wait, upstream connect, idle) are checked by one sweep
  * timer per listener, not a timer per connection.
+ *
+ * TLS: on a TLS listener (opts.tls) the handshake runs first (within the
+ * CONNECT timeout), the route is matched with its server name, and the
+ * CONNECT logic runs on the decrypted bytes. An upstream with scheme "tls"
+ * gets a TLS client connection after the TCP connect (within the connect
+ * timeout; a failed handshake is a failed connect). Either side may be TLS
+ * or plain; backpressure counts ciphertext, and a TLS side half-closes with
+ * close_notify then FIN (a peer's close_notify is its EOF).
  */
 #ifndef AIRGW_DP_STREAM_PROXY_H
 #define AIRGW_DP_STREAM_PROXY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
 
 struct snapshot;
+struct tls_ctx_store;
 
 struct stream_proxy_opts {
     uint32_t mqtt_connect_timeout_ms; /* whole CONNECT within this (default 10000) */
@@ -36,6 +46,10 @@ struct stream_proxy_opts {
     uint32_t idle_timeout_ms;         /* no byte either way (default 600000, nginx's 10m) */
     uint32_t max_connections;         /* per listener; over: closed at once (default 100000) */
     int worker_id;                    /* for logs */
+    bool tls;                         /* a TLS listener: clients speak TLS (SNI routing) */
+    /* The worker's current certificate store (ud: stream_proxy_start's); for
+     * TLS listeners and upstream scheme "tls". NULL: an empty store. */
+    struct tls_ctx_store *(*tls_current)(void *ud);
 };
 
 void stream_proxy_opts_init(struct stream_proxy_opts *o);

@@ -102,13 +102,9 @@ static void start_serving(struct worker *w)
         w->proxies[w->nproxies++] = p;
     }
     for (int i = 0; i < w->nsfds; i++) {
-        if (w->stls[i]) {
-            log_error("stream listener %d is TLS: TLS streams are not supported yet; not serving "
-                      "it",
-                      i);
-            continue;
-        }
-        struct stream_proxy *sp = stream_proxy_start(&w->loop, w->sfds[i], &w->so,
+        struct stream_proxy_opts so = w->so;
+        so.tls = w->stls[i] != 0;
+        struct stream_proxy *sp = stream_proxy_start(&w->loop, w->sfds[i], &so,
                                                      current_snapshot, w, err, sizeof(err));
         if (!sp) {
             log_error("cannot serve stream listener %d: %s", i, err);
@@ -372,6 +368,7 @@ int worker_main(int argc, char **argv)
     w->so.mqtt_connect_timeout_ms = w->s.limits.mqtt_connect_timeout_ms;
     w->so.mqtt_max_connect_bytes = w->s.limits.mqtt_max_connect_bytes;
     w->so.idle_timeout_ms = w->s.limits.stream_idle_timeout_ms;
+    w->so.tls_current = current_tls;
     struct http_proxy_opts *po = &w->po;
     http_proxy_opts_init(po);
     po->max_header_bytes = w->s.limits.max_header_bytes;
