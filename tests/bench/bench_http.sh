@@ -20,12 +20,20 @@
 # Both proxies have access logs off and keep upstream connections alive (pool
 # 320, 1000 requests per upstream connection: airgw's default and nginx's).
 #
-# Then, for ROUNDS rounds, alternating which proxy goes first: wrk with
-# keep-alive (and with `Connection: close`, one new connection per request,
-# unless --no-close) against airgw, nginx and the upstream directly. Each
-# proxy's memory (RSS and PSS summed over master + workers, from
-# /proc/PID/smaps_rollup) is sampled one second before each load ends.
-# Prints a markdown section: medians (min-max) and airgw/nginx ratios.
+# After a 2 s warm-up of each, ROUNDS rounds (default 3) of: wrk with
+# keep-alive, then wrk with `Connection: close` (one new connection per
+# request; not with --no-close), each time against airgw and nginx back to
+# back (which one goes first alternates between rounds) and then the upstream
+# directly, as a reference. Per load it records requests/s, p50 and p99
+# (wrk --latency), the proxy's memory (RSS and PSS summed over master +
+# workers from /proc/PID/smaps_rollup, sampled one second before the load
+# ends) and the proxy's CPU time per request (utime + stime of master +
+# workers over the load / requests completed). Prints a markdown section on
+# stdout: medians (min-max), airgw/nginx ratios, the per-round ratios, and
+# how much CPU other programs took meanwhile (this is a 2-core machine: wrk,
+# the upstream and the proxy already share it; anything else shows in the
+# figures). wrk is not pinned by default: pinning it to one core
+# (--pin-wrk 1) gave a wider spread between rounds here.
 #
 # Environment overrides: BENCH_WORKERS, BENCH_DURATION, BENCH_CONNS,
 # BENCH_THREADS, BENCH_ROUNDS, BENCH_CLOSE=0|1|only, BENCH_PIN_WRK, AIRGW_BUILD.
@@ -33,7 +41,6 @@
 # system nginx). Everything it starts is stopped by PID when it exits.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-ROOT=$PWD
 
 WORKERS=${BENCH_WORKERS:-2}
 DURATION=${BENCH_DURATION:-10}
@@ -305,6 +312,7 @@ cpu_ticks_of() { # PID: utime+stime ticks of PID and its children
 }
 
 RESULTS=$TMP/results.tsv
+ROUND=0
 : >"$RESULTS"
 
 # run_wrk TARGET MODE PORT PIDFORMEM|- [record=1]
@@ -328,7 +336,7 @@ run_wrk() {
     WRK_PID=""
     [ "$mpid" != - ] && cpu1=$(cpu_ticks_of "$mpid")
     [ "$record" = 1 ] || return 0
-    python3 - "$out" "$target" "$mode" "$mem" "$(( (cpu1 - cpu0) * 1000000 / CLK_TCK ))" \
+    python3 - "$out" "$target" "$mode" "$mem" "$(( (cpu1 - cpu0) * 1000000 / CLK_TCK ))" "$ROUND" \
         >>"$RESULTS" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
@@ -346,7 +354,7 @@ errs = (int(non2xx.group(1)) if non2xx else 0)
 conn_err = sum(int(x) for x in sock.groups()) if sock else 0
 rss, pss = sys.argv[4].split()
 cpu_us = int(sys.argv[5]) / n if rss != "-" and n else "-"
-print("\t".join(str(x) for x in (sys.argv[2], sys.argv[3], rps, p50, p99, rss, pss, n, errs, conn_err, cpu_us)))
+print("\t".join(str(x) for x in (sys.argv[2], sys.argv[3], rps, p50, p99, rss, pss, n, errs, conn_err, cpu_us, sys.argv[6])))
 PY
 }
 
@@ -390,8 +398,9 @@ idle_ngx=$(mem_kb "$NGX_PID")
 
 for r in $(seq "$ROUNDS"); do
     if [ $((r % 2)) = 1 ]; then order=(airgw nginx direct); else order=(nginx airgw direct); fi
-    for t in "${order[@]}"; do
-        for m in "${MODES[@]}"; do
+    ROUND=$r
+    for m in "${MODES[@]}"; do
+        for t in "${order[@]}"; do
             log "round $r/$ROUNDS: $t, $m"
             case $t in
             airgw) run_wrk airgw "$m" "$GW_PORT" "$DP_PID" ;;
@@ -423,7 +432,9 @@ python3 - "$RESULTS" <<PY
 import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 data = {}
-for t, m, rps, p50, p99, rss, pss, n, errs, cerr, cpu in rows:
+byround = {}
+for t, m, rps, p50, p99, rss, pss, n, errs, cerr, cpu, rnd in rows:
+    byround[(t, m, rnd)] = float(rps)
     d = data.setdefault((t, m), {"rps": [], "p50": [], "p99": [], "rss": [], "pss": [],
                                  "cpu": [], "errs": 0, "cerr": 0, "n": 0})
     if cpu != "-":
@@ -476,6 +487,11 @@ for m in modes:
     print(f"- {mode_name[m]}, airgw / nginx: requests/s **{r('rps'):.2f}**, "
           f"p50 {r('p50'):.2f}, p99 {r('p99'):.2f}, CPU per request **{r('cpu'):.2f}**, RSS **{r('rss'):.2f}**, PSS **{r('pss'):.2f}**"
           " (below 1 is better for latency and memory, above 1 for requests/s)")
+    pr = sorted(byround[("airgw", m, k)] / byround[("nginx", m, k)] for (t, mm, k) in byround
+                if t == "airgw" and mm == m and ("nginx", m, k) in byround)
+    if len(pr) > 1:
+        print(f"  - requests/s of airgw / nginx in the same round (back-to-back runs): median "
+              f"**{med(pr):.2f}**, per round " + ", ".join(f"{x:.2f}" for x in pr) + " (sorted)")
 ig, ing = "$idle_gw".split(), "$idle_ngx".split()
 print(f"- After warm-up, idle: airgw RSS {int(ig[0])/1024:.1f} MiB / PSS {int(ig[1])/1024:.1f} MiB, "
       f"nginx RSS {int(ing[0])/1024:.1f} MiB / PSS {int(ing[1])/1024:.1f} MiB. airgw's control "
