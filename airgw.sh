@@ -20,6 +20,8 @@ DATA=${AIRGW_DATA:-$ROOT/airgw-data}
 RUN_PKGS="gcc meson ninja-build pkg-config python3 curl libuv1-dev libmicrohttpd-dev
   libsqlite3-dev libjansson-dev libyaml-dev libpcre2-dev node-llhttp android-libboringssl-dev"
 TEST_PKGS="clang libclang-rt-14-dev sqlite3 openssl mosquitto mosquitto-clients"
+# The peers the benchmarks compare against, and the load generator.
+BENCH_PKGS="nginx libnginx-mod-stream haproxy wrk"
 
 install_pkgs() {
     local missing=()
@@ -143,7 +145,7 @@ stop) cmd_stop ;;
 status) cmd_status ;;
 test) shift; cmd_test "$@" ;;
 fuzz) shift; cmd_fuzz "$@" ;;
-bench) shift; install_pkgs $RUN_PKGS $TEST_PKGS; exec bash tests/bench/run.sh "$@" ;;
+bench) shift; install_pkgs $RUN_PKGS $TEST_PKGS $BENCH_PKGS; exec bash tests/bench/run.sh "$@" ;;
 *)
     sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
