@@ -110,64 +110,16 @@ DP_BIN=$BUILD/dataplane/airgw-dataplane
 
 TMP=$(mktemp -d /tmp/airgw-bench-http.XXXXXX)
 PIDS=()      # in start order; stopped in reverse
-WRK_PID=""
+LOAD_PID=""
 
-children_of() { ps -o pid= --ppid "$1" 2>/dev/null | tr -d ' ' || true; }
+. "$(dirname "$0")/lib.sh"
 
-stop_pid() { # PID: SIGTERM, wait up to 10 s, then SIGKILL it and its children
-    local pid=$1 kids
-    kill -0 "$pid" 2>/dev/null || return 0
-    kids=$(children_of "$pid")
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "pid $pid did not stop on SIGTERM; killing it"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-    for k in $kids; do
-        kill -0 "$k" 2>/dev/null && kill -KILL "$k" 2>/dev/null || true
-    done
-}
 
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    [ -n "$WRK_PID" ] && { kill -TERM "$WRK_PID" 2>/dev/null || true; wait "$WRK_PID" 2>/dev/null || true; }
-    local i
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        stop_pid "${PIDS[i]}"
-    done
-    if [ "${BENCH_KEEP:-0}" = 1 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
-    exit $rc
-}
-trap cleanup EXIT
+trap bench_cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# N distinct free TCP ports on 127.0.0.1 (bound together, then released)
-free_ports() {
-    python3 - "$1" <<'PY'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PY
-}
 read -r UP_PORT NGX_PORT GW_PORT ADMIN_PORT CFG_PORT METRICS_PORT <<<"$(free_ports 6)"
-
-wait_status() { # URL CODE [SECONDS]: until curl gets CODE
-    local n=$((${3:-10} * 10))
-    for _ in $(seq $n); do
-        [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" 2>/dev/null)" = "$2" ] && return 0
-        sleep 0.1
-    done
-    return 1
-}
 
 nginx_common() { # DIR: paths of an nginx instance of its own
     cat <<EOF
@@ -292,16 +244,6 @@ nw_ngx=$(children_of "$NGX_PID" | wc -w)
 
 # ---- measuring ---------------------------------------------------------------
 
-mem_kb() { # PID: "rss_kb pss_kb" of PID and its children
-    local p rss=0 pss=0 r s
-    for p in "$1" $(children_of "$1"); do
-        [ -r "/proc/$p/smaps_rollup" ] || continue
-        read -r r s < <(awk '/^Rss:/{r=$2} /^Pss:/{s=$2} END{print r+0, s+0}' "/proc/$p/smaps_rollup")
-        rss=$((rss + r)); pss=$((pss + s))
-    done
-    echo "$rss $pss"
-}
-
 cpu_ticks_of() { # PID: utime+stime ticks of PID and its children
     local p t=0 v
     for p in "$1" $(children_of "$1"); do
@@ -326,14 +268,14 @@ run_wrk() {
     [ "$mpid" != - ] && cpu0=$(cpu_ticks_of "$mpid")
     "${pin[@]}" "$WRK" -t"$THREADS" -c"$CONNS" -d"${dur}s" --latency "${hdr[@]}" \
         "http://127.0.0.1:$port$URL_PATH" >"$out" 2>&1 &
-    WRK_PID=$!
+    LOAD_PID=$!
     local mem="- -"
     if [ "$mpid" != - ]; then
         sleep $((dur - 1))
         mem=$(mem_kb "$mpid")
     fi
-    wait "$WRK_PID" || { echo "bench_http.sh: wrk failed:" >&2; cat "$out" >&2; exit 1; }
-    WRK_PID=""
+    wait "$LOAD_PID" || { echo "bench_http.sh: wrk failed:" >&2; cat "$out" >&2; exit 1; }
+    LOAD_PID=""
     [ "$mpid" != - ] && cpu1=$(cpu_ticks_of "$mpid")
     [ "$record" = 1 ] || return 0
     python3 - "$out" "$target" "$mode" "$mem" "$(( (cpu1 - cpu0) * 1000000 / CLK_TCK ))" "$ROUND" \

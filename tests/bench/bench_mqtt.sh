@@ -174,26 +174,11 @@ NOFILE=$(ulimit -n)
 PIDS=()      # in start order; stopped in reverse
 LOAD_PID=""
 
-children_of() { ps -o pid= --ppid "$1" 2>/dev/null | tr -d ' ' || true; }
 
-stop_pid() { # PID: SIGTERM, wait up to 10 s, then SIGKILL it and its children
-    local pid=$1 kids
-    kill -0 "$pid" 2>/dev/null || return 0
-    kids=$(children_of "$pid")
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "pid $pid did not stop on SIGTERM; killing it"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-    for k in $kids; do
-        kill -0 "$k" 2>/dev/null && kill -KILL "$k" 2>/dev/null || true
-    done
-}
+. "$(dirname "$0")/lib.sh"
+trap bench_cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 forget_pid() { # PID: stop it and drop it from PIDS (it may be reused later)
     local pid=$1 keep=() p
@@ -202,42 +187,8 @@ forget_pid() { # PID: stop it and drop it from PIDS (it may be reused later)
     PIDS=("${keep[@]}")
 }
 
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    [ -n "$LOAD_PID" ] && { kill -TERM "$LOAD_PID" 2>/dev/null || true; wait "$LOAD_PID" 2>/dev/null || true; }
-    local i
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        stop_pid "${PIDS[i]}"
-    done
-    if [ "${BENCH_KEEP:-0}" = 1 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
-    exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# N distinct free TCP ports on 127.0.0.1 (bound together, then released)
-free_ports() {
-    python3 - "$1" <<'PY'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PY
-}
 read -r BROKER_PORT NGX_PORT HAP_PORT GW_PORT GW_HTTP_PORT ADMIN_PORT CFG_PORT METRICS_PORT \
     <<<"$(free_ports 8)"
-
-wait_status() { # URL CODE [SECONDS]: until curl gets CODE
-    local n=$((${3:-10} * 10))
-    for _ in $(seq $n); do
-        [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" 2>/dev/null)" = "$2" ] && return 0
-        sleep 0.1
-    done
-    return 1
-}
 
 wait_mqtt() { # PORT [SECONDS]: until one MQTT client gets its CONNACK there
     local n=$((${2:-15} * 10))
@@ -406,17 +357,6 @@ stop_target() { # TARGET
 }
 
 # ---- measuring ---------------------------------------------------------------
-
-mem_kb() { # PID: "rss_kb pss_kb" of PID and its children
-    local p rss=0 pss=0 r s
-    [ "$1" = - ] && { echo "0 0"; return; }
-    for p in "$1" $(children_of "$1"); do
-        [ -r "/proc/$p/smaps_rollup" ] || continue
-        read -r r s < <(awk '/^Rss:/{r=$2} /^Pss:/{s=$2} END{print r+0, s+0}' "/proc/$p/smaps_rollup")
-        rss=$((rss + r)); pss=$((pss + s))
-    done
-    echo "$rss $pss"
-}
 
 ticks_of() { # PID: utime+stime of PID and its children (all threads)
     local p t=0 x
