@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <strings.h>
 #include <unistd.h>
 
@@ -464,11 +465,27 @@ static void client_close_cb(uv_handle_t *h)
     hp_handle_gone(p);
 }
 
+/* After our FIN: when the response is out and the client has sent nothing
+ * we have not read, there is nothing for a lingering read to protect, so the
+ * connection closes now (as nginx does for a request it read completely);
+ * otherwise it lingers until the client's FIN, so unread input cannot turn
+ * into a reset that destroys the response. */
 static void shutdown_cb(uv_shutdown_t *sr, int status)
 {
     struct hp_client *c = sr->data;
     free(sr);
-    if (status < 0 && c->state != CS_CLOSING)
+    if (c->state == CS_CLOSING)
+        return;
+    if (status < 0) {
+        hp_client_close(c);
+        return;
+    }
+    uv_os_fd_t fd;
+    int pending = 1;
+    if (c->state == CS_LINGER && c->in_len == 0 && uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0 &&
+        ioctl(fd, FIONREAD, &pending) < 0)
+        pending = 1;
+    if (c->state == CS_LINGER && c->in_len == 0 && pending == 0)
         hp_client_close(c);
 }
 
