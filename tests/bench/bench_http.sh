@@ -69,6 +69,7 @@ done
 [ "$DURATION" -ge 3 ] || { echo "bench_http.sh: --duration must be >= 3" >&2; exit 2; }
 
 log() { echo "bench_http: $*" >&2; }
+. "$(dirname "$0")/lib.sh"
 
 # ---- what it needs -------------------------------------------------------
 
@@ -76,24 +77,7 @@ install_missing() {
     local missing=()
     command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
     command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-    [ ${#missing[@]} -eq 0 ] && return 0
-    log "installing ${missing[*]}"
-    local sudo=""
-    [ "$(id -u)" -ne 0 ] && sudo="sudo"
-    # The nginx package would start the system nginx on port 80: forbid it
-    # for the duration of the install if no policy says so already.
-    local policy=/usr/sbin/policy-rc.d made_policy=0
-    if [ ! -e $policy ]; then
-        printf '#!/bin/sh\nexit 101\n' | $sudo tee $policy >/dev/null
-        $sudo chmod 755 $policy
-        made_policy=1
-    fi
-    local rc=0
-    $sudo apt-get update -qq || rc=$?
-    [ $rc -eq 0 ] && { DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq \
-        --no-install-recommends "${missing[@]}" >/dev/null || rc=$?; }
-    [ $made_policy -eq 1 ] && $sudo rm -f $policy
-    return $rc
+    apt_install "${missing[@]}"
 }
 install_missing
 NGINX=$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
@@ -112,7 +96,6 @@ TMP=$(mktemp -d /tmp/airgw-bench-http.XXXXXX)
 PIDS=()      # in start order; stopped in reverse
 LOAD_PID=""
 
-. "$(dirname "$0")/lib.sh"
 
 
 trap bench_cleanup EXIT

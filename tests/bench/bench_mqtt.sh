@@ -105,6 +105,7 @@ for l in "${LOAD_LIST[@]}"; do
 done
 
 log() { echo "bench_mqtt: $*" >&2; }
+. "$(dirname "$0")/lib.sh"
 
 # ---- what it needs -------------------------------------------------------
 
@@ -123,24 +124,7 @@ install_missing() {
         missing+=(libnginx-mod-stream)
     fi
     command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
-    [ ${#missing[@]} -eq 0 ] && return 0
-    log "installing ${missing[*]}"
-    local sudo=""
-    [ "$(id -u)" -ne 0 ] && sudo="sudo"
-    # The packages would start the system nginx, haproxy and mosquitto:
-    # forbid it for the duration of the install if no policy says so already.
-    local policy=/usr/sbin/policy-rc.d made_policy=0
-    if [ ! -e $policy ]; then
-        printf '#!/bin/sh\nexit 101\n' | $sudo tee $policy >/dev/null
-        $sudo chmod 755 $policy
-        made_policy=1
-    fi
-    local rc=0
-    $sudo apt-get update -qq || rc=$?
-    [ $rc -eq 0 ] && { DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq \
-        --no-install-recommends "${missing[@]}" >/dev/null || rc=$?; }
-    [ $made_policy -eq 1 ] && $sudo rm -f $policy
-    return $rc
+    apt_install "${missing[@]}"
 }
 install_missing
 NGINX=$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
@@ -175,7 +159,6 @@ PIDS=()      # in start order; stopped in reverse
 LOAD_PID=""
 
 
-. "$(dirname "$0")/lib.sh"
 trap bench_cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM

@@ -5,6 +5,28 @@
 # in order), TMP (its scratch dir) and LOAD_PID (a load generator running, or
 # empty), then installs bench_cleanup as its EXIT trap.
 
+# apt_install PKG...: installs what is missing (nothing to do for none). The
+# packages would start system services (nginx on port 80, haproxy,
+# mosquitto): a policy-rc.d forbids that for the install, if none exists.
+apt_install() {
+    [ $# -eq 0 ] && return 0
+    log "installing $*"
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    local policy=/usr/sbin/policy-rc.d made_policy=0
+    if [ ! -e $policy ]; then
+        printf '#!/bin/sh\nexit 101\n' | $sudo tee $policy >/dev/null
+        $sudo chmod 755 $policy
+        made_policy=1
+    fi
+    local rc=0
+    $sudo apt-get update -qq || rc=$?
+    [ $rc -eq 0 ] && { DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq \
+        --no-install-recommends "$@" >/dev/null || rc=$?; }
+    [ $made_policy -eq 1 ] && $sudo rm -f $policy
+    return $rc
+}
+
 children_of() { ps -o pid= --ppid "$1" 2>/dev/null | tr -d ' ' || true; }
 
 stop_pid() { # PID: SIGTERM, wait up to 10 s, then SIGKILL it and its children
