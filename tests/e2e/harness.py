@@ -135,6 +135,15 @@ def cleanup_tmp():
         shutil.rmtree(_tmp_root, ignore_errors=True)
 
 
+def read_text(path):
+    """A log file as text ("" when it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
 def free_port():
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -654,11 +663,7 @@ class Watcher:
             self.cond.notify_all()
 
     def stderr(self):
-        try:
-            with open(self.stderr_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return read_text(self.stderr_path)
 
     def describe(self, n=8):
         with self.cond:

@@ -40,7 +40,7 @@ import subprocess
 import threading
 import time
 
-from harness import Fail, T, _short, _track, _untrack, free_port, new_tmpdir, wait_until
+from harness import read_text, Fail, T, _short, _track, _untrack, free_port, new_tmpdir, wait_until
 from dp_harness import DataPlane
 
 # ---------------------------------------------------------------------------
@@ -125,11 +125,7 @@ class Broker:
         return self.proc.returncode
 
     def log(self):
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return read_text(self.log_path)
 
     def tail(self, n=12):
         return self.log().splitlines()[-n:]
@@ -367,11 +363,7 @@ class Sub:
         return rc
 
     def stderr(self):
-        try:
-            with open(self.err_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return read_text(self.err_path)
 
     def running(self):
         return self.proc.poll() is None
