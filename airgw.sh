@@ -17,9 +17,10 @@ ROOT=$PWD
 DATA=${AIRGW_DATA:-$ROOT/airgw-data}
 
 # Packages: what it takes to build and run, and what the tests add.
-RUN_PKGS="gcc meson ninja-build pkg-config python3 curl libuv1-dev libmicrohttpd-dev
+RUN_PKGS="gcc meson ninja-build pkg-config python3 curl libuv1-dev libmicrohttpd-dev libcurl4-openssl-dev libssl-dev
   libsqlite3-dev libjansson-dev libyaml-dev libpcre2-dev node-llhttp android-libboringssl-dev"
-TEST_PKGS="clang libclang-rt-14-dev sqlite3 openssl mosquitto mosquitto-clients"
+TEST_PKGS="clang libclang-rt-14-dev sqlite3 openssl mosquitto mosquitto-clients etcd-server
+           etcd-client docker-compose iproute2"
 # The peers the benchmarks compare against, and the load generator.
 BENCH_PKGS="nginx libnginx-mod-stream haproxy wrk"
 

@@ -1,0 +1,7 @@
+/* test_device_api: placeholder until its owner writes it. */
+#include <stdio.h>
+int main(void)
+{
+    printf("0 passed, 0 failed\n");
+    return 0;
+}
