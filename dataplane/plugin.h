@@ -110,6 +110,9 @@ struct plugin_def {
     /* Stream. Any may be NULL. */
     int (*preread)(struct plugin_stream *s, void *state, void **data);
     void (*stream_log)(struct plugin_stream *s, void *state, void **data);
+    /* Worker: plugin_env_shutdown was called; release worker-wide resources
+     * (connection pools, timers) so the loop can end. May be NULL. */
+    void (*worker_stop)(void);
 };
 
 struct plugin_inst {
@@ -147,8 +150,9 @@ struct plugin_env {
 void plugin_env_set(const struct plugin_env *e);
 /* NULL outside workers. */
 const struct plugin_env *plugin_env(void);
-/* Called by the worker when it stops: plugins release worker-wide resources
- * (connection pools) so the loop can end. */
+/* Called by the worker when it stops: calls every def's worker_stop, so
+ * plugins release worker-wide resources (connection pools) and the loop can
+ * end. */
 void plugin_env_shutdown(void);
 
 /* ---- consumers (snapshot.c) ---- */
