@@ -3,10 +3,11 @@
 
 Builds twice -- build/ (gcc, the normal build) and build-san/ (clang with
 AddressSanitizer, UndefinedBehaviorSanitizer and the libFuzzer targets) --
-then runs, on each: the unit tests, the end-to-end tests; and on build-san
-the fuzz targets over their corpora. Every suite ends with "N passed, N
-failed"; this adds them up and ends with the same line. Exit 0 only when
-nothing failed.
+then runs, on each: the unit tests, the end-to-end tests; on build the
+store-agnostic end-to-end tests a second time against a real etcd
+(run_all.py --store etcd); and on build-san the fuzz targets over their
+corpora. Every suite ends with "N passed, N failed"; this adds them up and
+ends with the same line. Exit 0 only when nothing failed.
 """
 import argparse
 import os
@@ -142,6 +143,9 @@ def main():
             if args.k:
                 argv += ["-k", args.k]
             results.append(run_suite("e2e", argv, env, 1200))
+            if label == "build":
+                results.append(run_suite("e2e (etcd store)", argv + ["--store", "etcd"], env,
+                                         600))
         if "fuzz" in kinds and env:
             results += fuzz_suites(bdir, env, args.fuzz_seconds)
     passed = sum(p for p, _ in results)

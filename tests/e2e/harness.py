@@ -43,6 +43,7 @@ class Settings:
     scale = 1.0  # timeout multiplier (larger for sanitizer builds)
     keep = False  # keep temp dirs
     verbose = False
+    store = "sqlite"  # "etcd": daemons without an explicit store use the run's etcd
 
     @classmethod
     def cp_bin(cls):
@@ -369,13 +370,23 @@ class Daemon:
       args        extra command-line arguments
       cwd         working directory (default: the state dir's parent)
       wait_ready  wait for the two "listening on" log lines (default True)
+      store       AUTO (default): the run's store mode (Settings.store); with
+                  "etcd", a daemon whose args and config choose no store runs
+                  on the run's etcd under a prefix of its own (self.etcd_prefix)
+                  kept across restarts; "sqlite": never moved to etcd
     """
 
     def __init__(self, config=None, admin_key=AUTO, listen=True, ports=None, state_dir=AUTO,
-                 args=None, cwd=None, wait_ready=True, name="cp"):
+                 args=None, cwd=None, wait_ready=True, name="cp", store=AUTO):
         self.name = name
         self.dir = new_tmpdir(name)
         self.config_path = None
+        self.store = "sqlite"
+        self.etcd_prefix = None
+        if store is AUTO:
+            store = Settings.store
+        if store == "etcd" and _no_store_chosen(config, args):
+            config, args = self._on_run_etcd(config, args)
         if config is not None:
             self.config_path = os.path.join(self.dir, "airgw.yaml")
             with open(self.config_path, "w") as f:
@@ -399,6 +410,16 @@ class Daemon:
         self.starts = 0
         self.stop_checked = True
         self.generated_key = None
+
+    def _on_run_etcd(self, config, args):
+        import etcd_harness  # late: it imports this module
+        url = etcd_harness.shared_etcd().url
+        self.store = "etcd"
+        self.etcd_prefix = "/e2e-%s" % secrets.token_hex(6)
+        config = json.loads(json.dumps(config or {}))
+        dep = config.setdefault("deployment", {})
+        dep["etcd"] = {"host": [url], "prefix": self.etcd_prefix}
+        return config, list(args or []) + ["--store", "etcd:" + url]
 
     # -- command line
 
@@ -600,6 +621,26 @@ class Daemon:
         r = self.get("dataplanes")
         expect_status(r, 200)
         return r.j
+
+
+def _no_store_chosen(config, args):
+    """True when neither args nor a dict config pick a store (a str config is
+    taken as choosing: it is the test's own file, left as written)."""
+    if any(a == "--store" or a.startswith("--store=") for a in args or []):
+        return False
+    if isinstance(config, str):
+        return False
+    dep = (config or {}).get("deployment") or {}
+    return "store" not in dep and "etcd" not in dep
+
+
+def stores(*names):
+    """Decorator: the test runs only in runs whose store mode is one of names
+    (as a module's STORES, which by default is ("sqlite",))."""
+    def mark(fn):
+        fn.stores = names
+        return fn
+    return mark
 
 
 # ---------------------------------------------------------------------------
@@ -821,7 +862,8 @@ class Ctx:
                 w.stop()
             except Exception as e:  # noqa: BLE001
                 problems.append("stopping cfgwatch: %s" % e)
-        for d in self.daemons:
+        # Stable: what has stop_last (an etcd) goes after the daemons using it.
+        for d in sorted(self.daemons, key=lambda d: getattr(d, "stop_last", False)):
             if d.proc is not None and not d.stop_checked:
                 try:
                     d.stop()
@@ -847,7 +889,7 @@ class Ctx:
 def finish_module(mod):
     """Stops the module's shared daemons; returns [(name, problem)]."""
     problems = []
-    for name, d in mod.shared.items():
+    for name, d in sorted(mod.shared.items(), key=lambda nd: getattr(nd[1], "stop_last", False)):
         if d.proc is not None and not d.stop_checked:
             try:
                 d.stop()

@@ -15,6 +15,12 @@ given several times: any match). AIRGW_SANITIZER=1 means the binaries are
 ASan/UBSan builds: timeouts are tripled (every daemon stopped with SIGTERM
 must exit 0 with no sanitizer report in any mode). --keep (or
 AIRGW_E2E_KEEP=1) leaves the temp directories for inspection.
+
+--store etcd (or AIRGW_E2E_STORE=etcd) runs the suite against a real etcd
+started for the run: every control plane that does not pick a store itself
+uses it, under a key prefix of its own. Only modules that list "etcd" in
+their STORES attribute run (default ("sqlite",)), and of those only tests
+not marked otherwise with @harness.stores(...).
 """
 
 import argparse
@@ -55,6 +61,9 @@ def main():
     ap.add_argument("-k", action="append", default=[], help="run tests whose name contains this")
     ap.add_argument("--keep", action="store_true", help="keep temp directories")
     ap.add_argument("-v", action="store_true", help="print diagnostics for passing tests too")
+    ap.add_argument("--store", choices=["sqlite", "etcd"],
+                    default=os.environ.get("AIRGW_E2E_STORE") or "sqlite",
+                    help="store of the control planes (default sqlite)")
     opts = ap.parse_args()
 
     Settings.build_dir = os.path.abspath(opts.build_dir)
@@ -62,17 +71,31 @@ def main():
     Settings.scale = 3.0 if Settings.sanitizer else 1.0
     Settings.keep = opts.keep or os.environ.get("AIRGW_E2E_KEEP") == "1"
     Settings.verbose = opts.v
+    Settings.store = opts.store
 
     passed = failed = skipped = 0
     missing = [p for p in (Settings.cp_bin(), Settings.watch_bin()) if not os.access(p, os.X_OK)]
     if shutil.which("curl") is None:
         missing.append("curl (not on PATH)")
+    if opts.store == "etcd":
+        import etcd_harness
+        why = etcd_harness.available()
+        if why:
+            missing.append(why)
     if missing:
         print("FAIL setup: missing binaries: %s" % ", ".join(missing))
         print("0 passed, 1 failed")
         return 1
 
     t_start = time.monotonic()
+    other_store = 0
+    if opts.store != "sqlite":
+        try:
+            print("store: %s at %s" % (opts.store, etcd_harness.shared_etcd().url))
+        except Fail as e:
+            print("FAIL setup: cannot start etcd: %s" % e)
+            print("0 passed, 1 failed")
+            return 1
     try:
         for path in sorted(glob.glob(os.path.join(HERE, "test_*.py"))):
             try:
@@ -82,8 +105,13 @@ def main():
                                                       traceback.format_exc(limit=3)))
                 failed += 1
                 continue
+            if opts.store not in getattr(mod, "STORES", ("sqlite",)):
+                continue
             tests = [(n, f) for n, f in test_functions(mod)
                      if not opts.k or any(k in "%s.%s" % (modname, n) for k in opts.k)]
+            n_all = len(tests)
+            tests = [(n, f) for n, f in tests if opts.store in getattr(f, "stores", (opts.store,))]
+            other_store += n_all - len(tests)
             if not tests:
                 continue
             ms = ModuleState(modname)
@@ -130,9 +158,16 @@ def main():
                 for ln in d.tail():
                     print("    " + ln)
                 sys.stdout.flush()
+        if opts.store == "etcd":
+            problem = etcd_harness.stop_shared_etcd()
+            if problem:
+                failed += 1
+                print("FAIL etcd.shutdown: %s" % problem)
     finally:
         harness.kill_leftovers()
         harness.cleanup_tmp()
+    if other_store:
+        print("(%d tests are for other stores than %s: not run)" % (other_store, opts.store))
     if skipped:
         print("(%d skipped, %.1fs)" % (skipped, time.monotonic() - t_start))
     else:
