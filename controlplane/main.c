@@ -20,6 +20,7 @@
 #include "admin_http.h"
 #include "api.h"
 #include "auth.h"
+#include "cp_tls.h"
 #include "config.h"
 #include "fsutil.h"
 #include "jsonschema.h"
@@ -37,6 +38,7 @@ struct cp {
     struct api_ctx api;          /* what the API handlers see */
     uv_signal_t sigterm, sigint; /* stop requests */
     int lock_fd;                 /* flock on the SQLite store, -1 if none */
+    struct cp_tls_ctx *stream_tls; /* config stream TLS, or NULL */
 };
 
 static void on_stop_signal(uv_signal_t *s, int signum)
@@ -121,10 +123,22 @@ int main(int argc, char **argv)
              (long long)store_revision(cp.st));
 
     uv_loop_init(&cp.loop);
+    if (cp.settings.stream_tls_cert &&
+        cp_tls_ctx_new(cp.settings.stream_tls_cert, cp.settings.stream_tls_key,
+                       cp.settings.stream_tls_client_ca, &cp.stream_tls, err, sizeof(err)) < 0) {
+        log_error("%s", err);
+        goto out_loop;
+    }
+    if (cp.stream_tls)
+        log_info("config stream: TLS%s", cp.settings.stream_tls_client_ca
+                                              ? " with client certificates"
+                                              : " (data planes are not authenticated: set "
+                                                "deployment.config_stream.tls.client_ca)");
     struct stream_server_opts so = {
         .listen = (const struct sockaddr *)&cp.settings.config_listen,
         .heartbeat_interval = cp.settings.heartbeat_interval,
         .max_pending_bytes = cp.settings.max_pending_bytes,
+        .tls = cp.stream_tls,
     };
     if (stream_server_start(&cp.loop, cp.st, &so, &cp.ss, err, sizeof(err)) < 0) {
         log_error("%s", err);
@@ -153,6 +167,7 @@ out_loop:
     if (uv_loop_close(&cp.loop) != 0)
         log_warn("loop closed with handles still open");
     store_close(cp.st);
+    cp_tls_ctx_free(cp.stream_tls);
 out_settings:
     if (cp.lock_fd >= 0)
         close(cp.lock_fd);

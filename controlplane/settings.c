@@ -151,10 +151,36 @@ static int load_admin(struct cp_settings *s, const json_t *admin, char *err, siz
     return 0;
 }
 
+/* deployment.config_stream.tls: {cert, key, client_ca}. cert and key make
+ * the stream TLS; client_ca makes data planes prove who they are. */
+static int load_stream_tls(struct cp_settings *s, const json_t *t, char *err, size_t errlen)
+{
+    static const char *const keys[] = {"cert", "key", "client_ca", NULL};
+    const char *what = "deployment.config_stream.tls";
+    int rc;
+    if ((rc = cfg_want(t, JSON_OBJECT, what, "a mapping", err, errlen)) ||
+        (rc = cfg_only_keys(t, what, keys, err, errlen)))
+        return rc;
+    json_t *v;
+    if ((v = json_object_get(t, "cert")) &&
+        (rc = cfg_str(v, "deployment.config_stream.tls.cert", &s->stream_tls_cert, err, errlen)))
+        return rc;
+    if ((v = json_object_get(t, "key")) &&
+        (rc = cfg_str(v, "deployment.config_stream.tls.key", &s->stream_tls_key, err, errlen)))
+        return rc;
+    if ((v = json_object_get(t, "client_ca")) &&
+        (rc = cfg_str(v, "deployment.config_stream.tls.client_ca", &s->stream_tls_client_ca, err,
+                      errlen)))
+        return rc;
+    if (!s->stream_tls_cert || !s->stream_tls_key)
+        return cfg_fail(err, errlen, "config: %s needs both cert and key", what);
+    return 0;
+}
+
 static int load_stream(struct cp_settings *s, const json_t *cs, char *err, size_t errlen)
 {
     static const char *const keys[] = {"listen", "heartbeat_interval", "max_pending_bytes",
-                                       "history", NULL};
+                                       "history", "tls", NULL};
     int rc;
     if ((rc = cfg_want(cs, JSON_OBJECT, "deployment.config_stream", "a mapping", err, errlen)))
         return rc;
@@ -192,6 +218,8 @@ static int load_stream(struct cp_settings *s, const json_t *cs, char *err, size_
                         "to 10000000");
         s->history = (int)json_integer_value(v);
     }
+    if ((v = json_object_get(cs, "tls")))
+        return load_stream_tls(s, v, err, errlen);
     return 0;
 }
 
@@ -368,5 +396,8 @@ void settings_free(struct cp_settings *s)
     free(s->config_file);
     free(s->store);
     free(s->state_dir);
+    free(s->stream_tls_cert);
+    free(s->stream_tls_key);
+    free(s->stream_tls_client_ca);
     memset(s, 0, sizeof(*s));
 }

@@ -38,6 +38,9 @@ struct cp_settings {
     double heartbeat_interval;            /* seconds, default 5 */
     size_t max_pending_bytes;             /* per data plane, default 64 MiB */
     int history;                          /* changes kept for resume, default 10000 */
+    char *stream_tls_cert;                /* config stream TLS certificate (PEM file), or NULL */
+    char *stream_tls_key;                 /* its key */
+    char *stream_tls_client_ca;           /* CAs data plane certificates must chain to, or NULL */
 };
 
 /* Result of settings_load besides success. */

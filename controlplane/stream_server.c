@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "cfgs_uv.h"
+#include "cp_tls.h"
 #include "cfgstream.h"
 #include "config.h"
 #include "log.h"
@@ -40,6 +41,7 @@ struct dp_conn {
     uint64_t last_rx_ms;         /* loop time of the last byte received */
     uint64_t flush_deadline_ms;  /* DP_FLUSHING: close at this loop time at the latest */
     uv_shutdown_t shutdown_req;  /* DP_FLUSHING: sends FIN after the queued ERROR */
+    struct cp_tls_conn *tls;     /* TLS engine when the stream is TLS, else NULL */
 };
 
 struct stream_server {
@@ -52,7 +54,9 @@ struct stream_server {
     size_t max_pending;       /* backlog bound per connection */
     int open_handles;         /* handles not yet closed, to free srv at the end */
     int stopping;             /* stream_server_stop was called */
+    struct cp_tls_ctx *tls;   /* TLS (borrowed), or NULL for plain TCP */
     char rbuf[64 * 1024];     /* one read buffer: reads are consumed synchronously */
+    char pbuf[16 * 1024];     /* TLS: decrypted plaintext, consumed synchronously */
 };
 
 static int64_t now_ms(void)
@@ -79,6 +83,7 @@ static void on_conn_closed(uv_handle_t *h)
     if (c->next)
         c->next->prev = c->prev;
     cfgs_decoder_free(&c->dec);
+    cp_tls_conn_free(c->tls);
     free(c);
     srv->open_handles--;
     maybe_free_server(srv);
@@ -138,7 +143,17 @@ static int conn_send(struct dp_conn *c, struct cfgs_frame *f, int check_backlog)
             uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
         return -ENOBUFS;
     }
-    int rc = cfgs_frame_write((uv_stream_t *)&c->tcp, f, on_write_error);
+    int rc;
+    if (c->tls) {
+        /* Encrypted per connection: the shared frame cannot be reused. */
+        char *out;
+        size_t n;
+        rc = cp_tls_write(c->tls, f->data, f->len) < 0 ? UV_ENOMEM : 0;
+        if (rc == 0 && (n = cp_tls_take_out(c->tls, &out)) > 0)
+            rc = cfgs_write_buf((uv_stream_t *)&c->tcp, out, n, on_write_error);
+    } else {
+        rc = cfgs_frame_write((uv_stream_t *)&c->tcp, f, on_write_error);
+    }
     if (rc < 0) {
         conn_close(c);
         return rc;
@@ -337,6 +352,9 @@ static void on_message(struct dp_conn *c, const struct cfgs_msg *m)
     }
 }
 
+static void tls_input(struct dp_conn *c, const char *data, size_t n);
+static void decode(struct dp_conn *c);
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct dp_conn *c = h->data;
@@ -358,10 +376,66 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0 || c->state == DP_FLUSHING)
         return;
     c->last_rx_ms = uv_now(c->srv->loop);
+    if (c->tls) {
+        tls_input(c, buf->base, (size_t)nread);
+        return;
+    }
     if (cfgs_decoder_feed(&c->dec, buf->base, (size_t)nread) < 0) {
         send_error(c, "out of memory");
         return;
     }
+    decode(c);
+}
+
+/* Sends the ciphertext the TLS engine produced (handshake, alerts). */
+static int tls_flush(struct dp_conn *c)
+{
+    char *out;
+    size_t n = cp_tls_take_out(c->tls, &out);
+    if (!n)
+        return 0;
+    return cfgs_write_buf((uv_stream_t *)&c->tcp, out, n, on_write_error);
+}
+
+static void tls_input(struct dp_conn *c, const char *data, size_t n)
+{
+    struct stream_server *srv = c->srv;
+    int was_up = cp_tls_established(c->tls);
+    if (cp_tls_feed(c->tls, data, n) < 0) {
+        conn_close(c);
+        return;
+    }
+    for (;;) {
+        long k = cp_tls_read(c->tls, srv->pbuf, sizeof(srv->pbuf));
+        if (!was_up && cp_tls_established(c->tls)) {
+            was_up = 1;
+            log_info("config stream: data plane at %s: TLS established, client certificate "
+                     "\"%s\"", c->addr, cp_tls_peer_subject(c->tls));
+        }
+        if (k == -2)
+            break;
+        if (k <= 0) {
+            if (k < 0)
+                log_warn("config stream: data plane at %s: %s", c->addr, cp_tls_error(c->tls));
+            tls_flush(c); /* the alert, if any */
+            conn_flush_close(c);
+            return;
+        }
+        if (cfgs_decoder_feed(&c->dec, srv->pbuf, (size_t)k) < 0) {
+            send_error(c, "out of memory");
+            return;
+        }
+        decode(c);
+        if (c->state != DP_WAIT_HELLO && c->state != DP_LIVE)
+            return;
+    }
+    if (tls_flush(c) < 0)
+        conn_close(c);
+}
+
+/* Handles every complete frame received. */
+static void decode(struct dp_conn *c)
+{
     while (c->state == DP_WAIT_HELLO || c->state == DP_LIVE) {
         struct cfgs_msg m;
         char why[160];
@@ -410,6 +484,10 @@ static void on_connection(uv_stream_t *server, int status)
     uv_tcp_keepalive(&c->tcp, 1, 30);
     c->connected_at = time(NULL);
     c->last_rx_ms = uv_now(srv->loop);
+    if (srv->tls && !(c->tls = cp_tls_conn_new(srv->tls))) {
+        conn_close(c);
+        return;
+    }
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
 }
 
@@ -507,6 +585,7 @@ int stream_server_start(uv_loop_t *loop, store *st, const struct stream_server_o
     if (srv->hb_ms < 10)
         srv->hb_ms = 10;
     srv->max_pending = opts->max_pending_bytes;
+    srv->tls = opts->tls;
     uv_tcp_init(loop, &srv->listener);
     srv->listener.data = srv;
     uv_timer_init(loop, &srv->hb);

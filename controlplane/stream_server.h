@@ -22,12 +22,16 @@
 
 #include "store.h"
 
+struct cp_tls_ctx;
+
 struct stream_server;
 
 struct stream_server_opts {
     const struct sockaddr *listen; /* where to listen */
     double heartbeat_interval;     /* seconds */
     size_t max_pending_bytes;      /* backlog bound per data plane */
+    struct cp_tls_ctx *tls;        /* TLS with data planes (borrowed, outlives the
+                                      server), or NULL for plain TCP */
 };
 
 /* Starts listening. On success *out owns the server. Returns 0 or a negative

@@ -17,6 +17,7 @@
 
 #include "log.h"
 #include "netaddr.h"
+#include "tls.h"
 
 enum cc_state { CC_IDLE, CC_CONNECTING, CC_SYNCING, CC_SYNCED };
 
@@ -25,7 +26,9 @@ struct link {
     uv_connect_t creq;        /* connect request */
     struct cfg_client *c;     /* owner; NULL once the owner let go of it */
     struct cfgs_decoder dec;  /* incoming frames */
+    struct tls_conn *tls;     /* TLS engine, or NULL for plain TCP */
     char rbuf[65536];         /* read buffer */
+    char pbuf[16384];         /* TLS: decrypted plaintext */
 };
 
 struct cfg_client {
@@ -67,6 +70,7 @@ static void on_link_closed(uv_handle_t *h)
 {
     struct link *l = h->data;
     cfgs_decoder_free(&l->dec);
+    tls_conn_free(l->tls);
     free(l);
 }
 
@@ -99,13 +103,9 @@ static void on_written(uv_write_t *req, int status)
     free(w);
 }
 
-static void send_frame(struct cfg_client *c, int rc, char *buf, size_t len)
+/* Writes buf (taken over) to the link as it is. */
+static void write_raw(struct cfg_client *c, char *buf, size_t len)
 {
-    if (rc < 0 || !c->link) {
-        if (rc == 0)
-            free(buf);
-        return;
-    }
     struct wreq *w = malloc(sizeof(*w));
     if (!w) {
         free(buf);
@@ -117,6 +117,38 @@ static void send_frame(struct cfg_client *c, int rc, char *buf, size_t len)
         free(buf);
         free(w);
     }
+}
+
+/* Sends the ciphertext the TLS engine produced. */
+static void tls_flush(struct cfg_client *c)
+{
+    const char *d;
+    size_t n = tls_conn_out(c->link->tls, &d);
+    if (!n)
+        return;
+    char *copy = malloc(n);
+    if (copy) {
+        memcpy(copy, d, n);
+        write_raw(c, copy, n);
+    }
+    tls_conn_out_consume(c->link->tls, n);
+}
+
+static void send_frame(struct cfg_client *c, int rc, char *buf, size_t len)
+{
+    if (rc < 0 || !c->link) {
+        if (rc == 0)
+            free(buf);
+        return;
+    }
+    if (c->link->tls) {
+        int wrc = tls_conn_write(c->link->tls, buf, len);
+        free(buf);
+        if (wrc == 0)
+            tls_flush(c);
+        return;
+    }
+    write_raw(c, buf, len);
 }
 
 static void send_ack(struct cfg_client *c)
@@ -177,6 +209,9 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     *buf = uv_buf_init(l->rbuf, sizeof(l->rbuf));
 }
 
+static void tls_input(struct cfg_client *c, struct link *l, const char *data, size_t n);
+static void decode(struct cfg_client *c, struct link *l);
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct link *l = s->data;
@@ -190,10 +225,48 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0)
         return;
     c->last_rx_ms = uv_now(c->loop);
+    if (l->tls) {
+        tls_input(c, l, buf->base, (size_t)nread);
+        return;
+    }
     if (cfgs_decoder_feed(&l->dec, buf->base, (size_t)nread) < 0) {
         link_fail(c, "out of memory");
         return;
     }
+    decode(c, l);
+}
+
+/* Decrypts what was read and handles the frames in it. */
+static void tls_input(struct cfg_client *c, struct link *l, const char *data, size_t n)
+{
+    if (tls_conn_feed(l->tls, data, n) < 0) {
+        link_fail(c, "TLS: too much input");
+        return;
+    }
+    while (c->link == l) {
+        long k = tls_conn_read(l->tls, l->pbuf, sizeof(l->pbuf));
+        if (k == -EAGAIN)
+            break;
+        if (k <= 0) {
+            char why[300];
+            snprintf(why, sizeof(why), "TLS: %s", k == 0 ? "closed" : tls_conn_error(l->tls));
+            tls_flush(c);
+            link_fail(c, why);
+            return;
+        }
+        if (cfgs_decoder_feed(&l->dec, l->pbuf, (size_t)k) < 0) {
+            link_fail(c, "out of memory");
+            return;
+        }
+        decode(c, l);
+    }
+    if (c->link == l)
+        tls_flush(c);
+}
+
+/* Handles every complete frame received on l. */
+static void decode(struct cfg_client *c, struct link *l)
+{
     /* on_message may drop the link: re-check it every round. */
     while (c->link == l) {
         struct cfgs_msg m;
@@ -224,12 +297,29 @@ static void on_connect(uv_connect_t *req, int status)
     c->last_rx_ms = uv_now(c->loop);
     uv_tcp_nodelay(&l->tcp, 1);
     uv_tcp_keepalive(&l->tcp, 1, 30);
+    if (c->o.tls) {
+        /* Verify the name configured, else the address we dialled. */
+        char ip[64] = "";
+        const char *colon = strrchr(c->where, ':');
+        if (c->where[0] == '[') {
+            const char *end = strchr(c->where, ']');
+            snprintf(ip, sizeof(ip), "%.*s", end ? (int)(end - c->where - 1) : 0, c->where + 1);
+        } else if (colon) {
+            snprintf(ip, sizeof(ip), "%.*s", (int)(colon - c->where), c->where);
+        }
+        l->tls = tls_conn_new_client(c->o.tls, c->o.server_name ? c->o.server_name : ip, NULL,
+                                     NULL);
+        if (!l->tls) {
+            link_fail(c, "TLS: out of memory");
+            return;
+        }
+    }
     char host[256] = "";
     gethostname(host, sizeof(host) - 1);
     char *buf;
     size_t len;
     int rc = cfgs_encode_hello(c->o.node_id, c->st->revision, host, &buf, &len);
-    send_frame(c, rc, buf, len);
+    send_frame(c, rc, buf, len); /* with TLS: sends the ClientHello, HELLO waits */
     uv_read_start((uv_stream_t *)&l->tcp, on_alloc, on_read);
 }
 

@@ -19,6 +19,8 @@
 #include "cfg_state.h"
 #include "cfgstream.h"
 
+struct tls_client_ctx;
+
 struct cfg_client;
 
 struct cfg_client_opts {
@@ -31,6 +33,11 @@ struct cfg_client_opts {
      * PUT/DELETE that was applied). */
     void (*on_change)(void *ud, bool snapshot, const struct cfgs_msg *m);
     void *ud;
+    /* TLS to the control planes (borrowed; outlives the client), or NULL
+     * for plain TCP. The name verified is server_name, else the control
+     * plane's address (an IP SAN). */
+    struct tls_client_ctx *tls;
+    const char *server_name;
 };
 
 /* Starts connecting. st must outlive the client. 0 or -errno. */

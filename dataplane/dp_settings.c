@@ -126,6 +126,39 @@ static int add_stream(struct dp_settings *s, const char *v, int tls, const char 
 
 /* APISIX's stream_proxy.tcp: a list of "ADDR:PORT" (or port numbers) or
  * {addr, tls} mappings. */
+/* dataplane.control_plane_tls: {ca, cert, key, server_name}: the config
+ * stream over TLS, the control plane verified against ca, and our client
+ * certificate for control planes that require one. */
+static int load_cp_tls(struct dp_settings *s, const json_t *t, char *err, size_t errlen)
+{
+    static const char *const keys[] = {"ca", "cert", "key", "server_name", NULL};
+    const char *what = "dataplane.control_plane_tls";
+    int rc;
+    if ((rc = cfg_want(t, JSON_OBJECT, what, "a mapping", err, errlen)) ||
+        (rc = cfg_only_keys(t, what, keys, err, errlen)))
+        return rc;
+    const json_t *v;
+    if ((v = json_object_get(t, "ca")) &&
+        (rc = cfg_str(v, "dataplane.control_plane_tls.ca", &s->cp_tls_ca, err, errlen)))
+        return rc;
+    if ((v = json_object_get(t, "cert")) &&
+        (rc = cfg_str(v, "dataplane.control_plane_tls.cert", &s->cp_tls_cert, err, errlen)))
+        return rc;
+    if ((v = json_object_get(t, "key")) &&
+        (rc = cfg_str(v, "dataplane.control_plane_tls.key", &s->cp_tls_key, err, errlen)))
+        return rc;
+    if ((v = json_object_get(t, "server_name")) &&
+        (rc = cfg_str(v, "dataplane.control_plane_tls.server_name", &s->cp_tls_server_name, err,
+                      errlen)))
+        return rc;
+    if (!s->cp_tls_ca)
+        return cfg_fail(err, errlen, "config: %s.ca is required (the CA that signed the control "
+                                     "planes' certificates)", what);
+    if (!s->cp_tls_cert != !s->cp_tls_key)
+        return cfg_fail(err, errlen, "config: %s needs both cert and key, or neither", what);
+    return 0;
+}
+
 static int load_stream_proxy(struct dp_settings *s, const json_t *sp, char *err, size_t errlen)
 {
     static const char *const keys[] = {"tcp", NULL};
@@ -270,7 +303,8 @@ static int load_file(struct dp_settings *s, const char *path, char *err, size_t 
     static const char *const keys[] = {"control_plane", "standalone", "workers", "http_listen",
                                        "metrics_listen", "state_dir", "node_id", "log_level",
                                        "access_log", "access_log_format", "drain_timeout",
-                                       "limits", "stream_proxy", "https_listen", NULL};
+                                       "limits", "stream_proxy", "https_listen",
+                                       "control_plane_tls", NULL};
     if ((rc = cfg_want(d, JSON_OBJECT, "dataplane", "a mapping", err, errlen)) ||
         (rc = cfg_only_keys(d, "dataplane", keys, err, errlen)))
         goto out;
@@ -393,6 +427,8 @@ static int load_file(struct dp_settings *s, const char *path, char *err, size_t 
                           errlen)))
         goto out;
     if ((v = json_object_get(d, "limits")) && (rc = load_limits(&s->limits, v, err, errlen)))
+        goto out;
+    if ((v = json_object_get(d, "control_plane_tls")) && (rc = load_cp_tls(s, v, err, errlen)))
         goto out;
     if ((v = json_object_get(d, "stream_proxy")) && (rc = load_stream_proxy(s, v, err, errlen)))
         goto out;
@@ -557,5 +593,9 @@ void dp_settings_free(struct dp_settings *s)
     free(s->state_dir);
     free(s->node_id);
     free(s->access_log);
+    free(s->cp_tls_ca);
+    free(s->cp_tls_cert);
+    free(s->cp_tls_key);
+    free(s->cp_tls_server_name);
     memset(s, 0, sizeof(*s));
 }

@@ -50,6 +50,10 @@ struct dp_settings {
     unsigned drain_timeout_ms;                   /* SIGTERM/SIGHUP drain bound */
     struct dp_limits limits;
     int worker_index;                            /* --worker N: this process is worker N; -1 master */
+    char *cp_tls_ca;                             /* config stream TLS: CA of the control planes */
+    char *cp_tls_cert;                           /* our client certificate (PEM file), or NULL */
+    char *cp_tls_key;                            /* its key */
+    char *cp_tls_server_name;                    /* name to verify, NULL: the address */
 };
 
 #define DP_SETTINGS_EXIT_OK 1 /* --help/--version printed */

@@ -34,6 +34,7 @@
 #include "metrics_server.h"
 #include "netaddr.h"
 #include "standalone.h"
+#include "tls.h"
 
 #define MAX_SLOTS 256
 #define CHANNEL_MAX_BACKLOG (256u << 20) /* a worker this far behind is killed */
@@ -80,6 +81,9 @@ struct master {
     uv_loop_t loop;
     struct cfg_state st;       /* the configuration */
     struct cfg_client *cc;     /* control plane link, or NULL (standalone) */
+    struct tls_ctx_store *cp_tls_store; /* config stream TLS: owns cp_tls, or NULL */
+    struct tls_client_ctx *cp_tls;      /* the client context for the control planes */
+    char *cp_tls_name;                  /* the name to verify (settings reload on SIGHUP) */
     uv_fs_poll_t file_poll;    /* standalone file watch */
     int file_poll_on;
     int64_t standalone_rev;    /* revision counter for standalone loads */
@@ -589,6 +593,64 @@ static char *render_metrics(void *ud, size_t *len)
 
 /* ---- start, reload, stop ---- */
 
+static char *read_pem(const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    char *buf = malloc(256 * 1024);
+    size_t n = buf ? fread(buf, 1, 256 * 1024 - 1, f) : 0;
+    fclose(f);
+    if (!buf || n == 0) {
+        free(buf);
+        snprintf(err, errlen, "cannot read %s: empty or too large", path);
+        return NULL;
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
+/* The config stream's TLS client context (dataplane.control_plane_tls). */
+static int setup_cp_tls(struct master *m, char *err, size_t errlen)
+{
+    if (!m->s.cp_tls_ca || m->s.standalone)
+        return 0;
+    char *cert = NULL, *key = NULL;
+    if (m->s.cp_tls_cert && (!(cert = read_pem(m->s.cp_tls_cert, err, errlen)) ||
+                             !(key = read_pem(m->s.cp_tls_key, err, errlen)))) {
+        free(cert);
+        return -1;
+    }
+    json_t *none = json_object();
+    json_t *conf = json_pack("{s:{s:b}}", "tls", "verify", 1);
+    if (cert) {
+        json_t *t = json_object_get(conf, "tls");
+        json_object_set_new(t, "client_cert", json_string(cert));
+        json_object_set_new(t, "client_key", json_string(key));
+    }
+    free(cert);
+    free(key);
+    if (m->s.cp_tls_server_name)
+        m->cp_tls_name = strdup(m->s.cp_tls_server_name);
+    int rc = -1;
+    m->cp_tls_store = tls_ctx_store_build(none, NULL, m->s.cp_tls_ca);
+    if (!m->cp_tls_store) {
+        snprintf(err, errlen, "config stream TLS: out of memory");
+    } else {
+        char why[512];
+        m->cp_tls = tls_ctx_store_client(m->cp_tls_store, conf, NULL, why, sizeof(why));
+        if (m->cp_tls)
+            rc = 0;
+        else
+            snprintf(err, errlen, "dataplane.control_plane_tls: %s", why);
+    }
+    json_decref(conf);
+    json_decref(none);
+    return rc;
+}
+
 static void start_source(struct master *m)
 {
     if (m->s.standalone) {
@@ -606,6 +668,8 @@ static void start_source(struct master *m)
         .heartbeat_ms = 5000,
         .on_change = on_config_change,
         .ud = m,
+        .tls = m->cp_tls,
+        .server_name = m->cp_tls_name,
     };
     cfg_client_start(&m->loop, &m->st, &o, &m->cc);
 }
@@ -790,6 +854,13 @@ int master_main(int argc, char **argv)
         goto out;
     }
     snprintf(m->state_path, sizeof(m->state_path), "%s/config.json", m->s.state_dir);
+    if (setup_cp_tls(m, err, sizeof(err)) < 0) {
+        log_error("%s", err);
+        goto out;
+    }
+    if (m->cp_tls)
+        log_info("config stream: TLS, control planes verified with %s%s", m->s.cp_tls_ca,
+                 m->s.cp_tls_cert ? ", with a client certificate" : "");
     if (!m->s.standalone) {
         rc = cfg_state_load(&m->st, m->state_path, err, sizeof(err));
         if (rc == 0)
@@ -867,6 +938,8 @@ out:
     if (uv_loop_close(&m->loop) != 0)
         log_warn("loop closed with handles still open");
     cfg_state_free(&m->st);
+    tls_ctx_store_unref(m->cp_tls_store);
+    free(m->cp_tls_name);
     metrics_free(m->metrics);
     health_table_free(m->health);
     dp_settings_free(&m->s);

@@ -1,0 +1,156 @@
+"""The config stream over TLS with client certificates: a control plane with
+deployment.config_stream.tls {cert, key, client_ca}, data planes with
+dataplane.control_plane_tls {ca, cert, key}. Certificates are made with
+openssl(1) at the start of the module: one CA for the control plane's
+certificate (IP SAN 127.0.0.1) and the data planes' client certificates,
+and a second, unrelated CA for the impostors."""
+
+import os
+import subprocess
+
+from harness import T, check, eq, new_tmpdir, uid, wait_until
+from dp_harness import new_dp, new_upstream, wait_serving
+
+GEN = r"""
+set -e
+cd "$1"
+ca() { openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $1.key \
+  -out $1.crt -days 3650 -subj "/CN=$2" \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+  2>/dev/null; }
+leaf() { # name subject ext ca
+  printf '%s\n' "$3" > $1.ext
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $1.key -out $1.csr \
+    -subj "$2" 2>/dev/null
+  openssl x509 -req -in $1.csr -CA $4.crt -CAkey $4.key -CAcreateserial -out $1.crt -days 365 \
+    -extfile $1.ext 2>/dev/null; }
+ca ca 'airgw stream CA'
+ca other 'someone else'
+leaf cp '/CN=controlplane' 'subjectAltName=IP:127.0.0.1,DNS:cp.internal
+extendedKeyUsage=serverAuth' ca
+leaf dp '/CN=dataplane-1/O=airgw e2e' 'extendedKeyUsage=clientAuth' ca
+leaf rogue '/CN=rogue' 'extendedKeyUsage=clientAuth' other
+leaf fakecp '/CN=controlplane' 'subjectAltName=IP:127.0.0.1
+extendedKeyUsage=serverAuth' other
+"""
+
+
+def certs(ctx):
+    d = getattr(ctx.mod, "certs_dir", None)
+    if d is None:
+        d = new_tmpdir("stream-tls")
+        path = os.path.join(d, "gen.sh")
+        with open(path, "w") as f:
+            f.write(GEN)
+        subprocess.run(["sh", path, d], check=True, stdout=subprocess.DEVNULL)
+        ctx.mod.certs_dir = d
+    return d
+
+
+def p(ctx, name):
+    return os.path.join(certs(ctx), name)
+
+
+def tls_cp(ctx, server="cp", client_ca="ca.crt"):
+    tls = {"cert": p(ctx, server + ".crt"), "key": p(ctx, server + ".key")}
+    if client_ca:
+        tls["client_ca"] = p(ctx, client_ca)
+    return ctx.daemon(config={"deployment": {"config_stream": {"tls": tls}}})
+
+
+def dp_conf(ctx, client="dp", ca="ca.crt", server_name=None):
+    t = {"ca": p(ctx, ca)}
+    if client:
+        t["cert"] = p(ctx, client + ".crt")
+        t["key"] = p(ctx, client + ".key")
+    if server_name:
+        t["server_name"] = server_name
+    return {"dataplane": {"control_plane_tls": t}}
+
+
+def put_route(cp, up, path):
+    cp.must("PUT", "/apisix/admin/routes/" + uid(), {
+        "uri": path, "upstream": {"type": "roundrobin", "nodes": {up.addr: 1}}})
+
+
+def test_tls_stream_with_client_certificate(ctx):
+    cp = tls_cp(ctx)
+    up = new_upstream(ctx)
+    put_route(cp, up, "/before")
+    dp = new_dp(ctx, cp, config=dp_conf(ctx))
+    wait_serving(dp, "/before")
+    # A change after the sync travels the encrypted stream too.
+    put_route(cp, up, "/after")
+    wait_serving(dp, "/after")
+    check(wait_until(lambda: 'client certificate "CN=dataplane-1,O=airgw e2e"' in cp.stderr(),
+                     T(5)),
+          "control plane did not log the data plane's certificate subject: %s" %
+          cp.stderr()[-1500:])
+    eq([d["node_id"] for d in cp.dataplanes()["list"]], [dp.node_id], "connected data planes")
+
+
+def test_name_checked_when_configured(ctx):
+    cp = tls_cp(ctx)
+    up = new_upstream(ctx)
+    put_route(cp, up, "/named")
+    ok = new_dp(ctx, cp, config=dp_conf(ctx, server_name="cp.internal"))
+    wait_serving(ok, "/named")
+    bad = new_dp(ctx, cp, start=False, config=dp_conf(ctx, server_name="other.internal"))
+    bad.start(wait=False)
+    bad.wait_log(r"config stream: .*TLS", timeout=10, what="a TLS failure")
+    check("synced with" not in bad.stderr(), "a data plane synced with a control plane whose "
+          "certificate does not name it")
+
+
+def test_data_plane_without_certificate_refused(ctx):
+    cp = tls_cp(ctx)
+    for name, client in (("nocert", None), ("rogue", "rogue")):
+        dp = new_dp(ctx, cp, name=name, start=False, config=dp_conf(ctx, client=client))
+        dp.start(wait=False)
+        dp.wait_log(r"config stream: .*TLS", timeout=10, what="a TLS failure")
+        check(wait_until(lambda: "certificate" in cp.stderr(), T(5)),
+              "control plane did not log why it refused %s" % name)
+        check("synced with" not in dp.stderr(), "%s synced without a valid certificate" % name)
+    eq(cp.dataplanes()["list"], [], "connected data planes")
+
+
+def test_impostor_control_plane_refused(ctx):
+    cp = tls_cp(ctx, server="fakecp")
+    dp = new_dp(ctx, cp, start=False, config=dp_conf(ctx))
+    dp.start(wait=False)
+    dp.wait_log(r"config stream: .*TLS", timeout=10, what="a TLS failure")
+    check("synced with" not in dp.stderr(), "the data plane trusted a control plane certificate "
+          "from another CA")
+
+
+def test_plain_data_plane_cannot_talk_to_tls_stream(ctx):
+    cp = tls_cp(ctx)
+    dp = new_dp(ctx, cp, start=False)
+    dp.start(wait=False)
+    dp.wait_log(r"config stream: (lost|cannot reach) control plane", timeout=10,
+                what="a failed link")
+    check("synced with" not in dp.stderr(), "a plain data plane synced with a TLS stream")
+
+
+def test_bad_tls_settings_refused_at_start(ctx):
+    rc, _, err = ctx.run([cp_bin_of(ctx), "--state-dir", new_tmpdir("s"), "-c",
+                          write(ctx, "deployment:\n  config_stream:\n    tls:\n      cert: /nonexistent.crt\n      key: /nonexistent.key\n"),
+                          "--admin-listen", "127.0.0.1:0", "--config-listen", "127.0.0.1:0"])
+    eq(rc, 1, "exit code with a missing certificate")
+    check("/nonexistent.crt" in err, "error names the file: %s" % err[-500:])
+    rc, _, err = ctx.run([cp_bin_of(ctx), "-c", write(ctx, "deployment:\n  config_stream:\n    tls:\n      cert: a.crt\n")])
+    eq(rc, 2, "exit code with cert but no key")
+    check("needs both cert and key" in err, "message: %s" % err[-300:])
+
+
+def cp_bin_of(ctx):
+    from harness import Settings
+    return Settings.cp_bin()
+
+
+def write(ctx, text):
+    d = new_tmpdir("cfg")
+    path = os.path.join(d, "c.yaml")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
