@@ -32,6 +32,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "metrics_server.h"
+#include "shm_limits.h"
 #include "netaddr.h"
 #include "standalone.h"
 #include "tls.h"
@@ -95,6 +96,7 @@ struct master {
     uv_signal_t sig_term, sig_int, sig_hup;
     struct metrics *metrics;   /* shared with workers; NULL when unavailable */
     struct health_table *health; /* node verdicts shared with workers, or NULL */
+    struct shm_limits *limits; /* limit plugins' node-wide counters, or NULL */
     struct health_checker *hc; /* active checks */
     struct metrics_server *ms; /* /apisix/prometheus/metrics */
     int stopping;
@@ -413,6 +415,9 @@ static void on_worker_exit(uv_process_t *p, int64_t status, int term_signal)
     struct master *m = w->m;
     w->exited = 1;
     metrics_worker_gone(m->metrics, w->slot);
+    /* A worker that died mid-request never ran its limit-conn log phase. */
+    if (status != 0 || term_signal)
+        shm_limits_worker_gone(m->limits, w->slot);
     uint64_t lived = uv_now(&m->loop) - w->started_ms;
     if (w->state == W_RETIRING || m->stopping) {
         log_info("worker %d (pid %d) exited (%s)", w->slot, p->pid,
@@ -487,8 +492,8 @@ static void spawn_worker(struct master *m, int slot)
     size_t nenv = 0;
     while (environ[nenv])
         nenv++;
-    char **env = calloc(nenv + 6, sizeof(char *));
-    char fdenv[64], menv[64], henv[64], senv[32 + 8 * DP_MAX_LISTEN];
+    char **env = calloc(nenv + 7, sizeof(char *));
+    char fdenv[64], menv[64], henv[64], lenv[64], senv[32 + 8 * DP_MAX_LISTEN];
     snprintf(fdenv, sizeof(fdenv), "AIRGW_LISTEN_FDS=%zu", sl->nfds);
     int next_fd = 4 + (int)sl->nfds;
     /* Stream sockets follow the http ones: "fd,fd" with a "t" on TLS ones. */
@@ -503,21 +508,24 @@ static void spawn_worker(struct master *m, int slot)
         ho += (size_t)snprintf(hsenv + ho, sizeof(hsenv) - ho, "%s%d", k ? "," : "", next_fd++);
     snprintf(menv, sizeof(menv), "AIRGW_METRICS_FD=%d", m->metrics ? next_fd++ : -1);
     snprintf(henv, sizeof(henv), "AIRGW_HEALTH_FD=%d", m->health ? next_fd++ : -1);
+    snprintf(lenv, sizeof(lenv), "AIRGW_LIMITS_FD=%d", m->limits ? next_fd++ : -1);
     size_t e = 0;
     for (size_t i = 0; i < nenv; i++)
         if (strncmp(environ[i], "AIRGW_LISTEN_FDS=", 17) != 0 &&
             strncmp(environ[i], "AIRGW_METRICS_FD=", 17) != 0 &&
             strncmp(environ[i], "AIRGW_HEALTH_FD=", 16) != 0 &&
+            strncmp(environ[i], "AIRGW_LIMITS_FD=", 16) != 0 &&
             strncmp(environ[i], "AIRGW_STREAM_FDS=", 17) != 0 &&
             strncmp(environ[i], "AIRGW_HTTPS_FDS=", 16) != 0)
             env[e++] = environ[i];
     env[e++] = fdenv;
     env[e++] = menv;
     env[e++] = henv;
+    env[e++] = lenv;
     env[e++] = senv;
     env[e++] = hsenv;
 
-    uv_stdio_container_t stdio[6 + 3 * DP_MAX_LISTEN];
+    uv_stdio_container_t stdio[7 + 3 * DP_MAX_LISTEN];
     stdio[0].flags = UV_IGNORE;
     stdio[1].flags = UV_INHERIT_FD;
     stdio[1].data.fd = 1;
@@ -548,6 +556,11 @@ static void spawn_worker(struct master *m, int slot)
     if (m->health) {
         stdio[nstdio].flags = UV_INHERIT_FD;
         stdio[nstdio].data.fd = health_table_fd(m->health);
+        nstdio++;
+    }
+    if (m->limits) {
+        stdio[nstdio].flags = UV_INHERIT_FD;
+        stdio[nstdio].data.fd = shm_limits_fd(m->limits);
         nstdio++;
     }
     uv_process_options_t po = {
@@ -920,6 +933,10 @@ int master_main(int argc, char **argv)
     if (!(m->health = health_table_create()))
         log_warn("health checks unavailable: cannot create shared memory: %s", strerror(errno));
     m->hc = health_checker_start(&m->loop, m->health);
+    /* Rows for every slot a reload may use; untouched pages cost nothing. */
+    if (!(m->limits = shm_limits_create(MAX_SLOTS)))
+        log_warn("node-wide limits unavailable (each worker counts alone): cannot create shared "
+                 "memory: %s", strerror(errno));
     start_source(m);
     health_checker_update(m->hc, m->st.res);
     for (int i = 0; i < m->nslots; i++)
@@ -942,6 +959,7 @@ out:
     free(m->cp_tls_name);
     metrics_free(m->metrics);
     health_table_free(m->health);
+    shm_limits_free(m->limits);
     dp_settings_free(&m->s);
     config_cleanup();
     jsonschema_cleanup();
