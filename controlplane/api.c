@@ -5,8 +5,12 @@
  *
  * Every write is: parse -> APISIX's id/time checks -> config_check (schema,
  * plugins, defaults) -> reference checks against the store -> timestamps ->
- * one store_put with an expected mod revision (so a concurrent writer through
- * another control plane is detected rather than overwritten).
+ * one store_put with an expected mod revision and guards (so a concurrent
+ * writer through another control plane is detected rather than overwritten):
+ * each referenced upstream/service/plugin config must still have the
+ * create revision it had when checked, and a delete of something routes may
+ * use fails if any possible referrer changed since it was scanned. A failed
+ * condition is 409; the client retries and gets the now-right answer.
  */
 #include "api.h"
 
@@ -51,6 +55,9 @@ static int store_error(store *st, json_t **out, int rc)
         return reply(out, 409,
                      errmsg("the resource was changed by another writer at the same time; "
                             "retry"));
+    if (rc == -ENOTSUP)
+        return reply(out, 400, errmsg("%s", st->errmsg[0] ? st->errmsg
+                                                          : "not supported by this store"));
     return reply(out, 503, errmsg("store unavailable: %s", st->errmsg[0] ? st->errmsg
                                                                           : strerror(-rc)));
 }
@@ -157,17 +164,31 @@ static const char *ref_kind_label(enum gw_kind kind)
     }
 }
 
-/* Every upstream_id/service_id/plugin_config_id must exist. */
-static int check_refs(struct api_ctx *ctx, enum gw_kind kind, const json_t *conf, json_t **out)
+/* What a write checks along with itself: one guard per reference. */
+struct ref_guards {
+    struct store_guard g[MAX_REFS]; /* STORE_GUARD_CREATED on each referenced key */
+    char keys[MAX_REFS][256];       /* their keys */
+    size_t n;                       /* how many */
+};
+
+/* Every upstream_id/service_id/plugin_config_id must exist; rg gets a guard
+ * that each still exists (the same one) when the write commits. */
+static int check_refs(struct api_ctx *ctx, enum gw_kind kind, const json_t *conf,
+                      struct ref_guards *rg, json_t **out)
 {
     struct config_ref refs[MAX_REFS];
     char idbuf[MAX_REFS * 24];
     int n = config_refs(kind, conf, refs, MAX_REFS, idbuf);
+    rg->n = 0;
     for (int i = 0; i < n; i++) {
-        char key[256];
+        char *key = rg->keys[rg->n];
         struct store_item it = {0};
-        make_key(key, sizeof(key), refs[i].kind, refs[i].id);
+        make_key(key, sizeof(rg->keys[0]), refs[i].kind, refs[i].id);
         int rc = store_get(ctx->st, key, &it);
+        if (rc == 0) {
+            rg->g[rg->n] = (struct store_guard){STORE_GUARD_CREATED, key, it.create_rev};
+            rg->n++;
+        }
         store_item_clear(&it);
         if (rc == -ENOENT) {
             const char *label = ref_kind_label(refs[i].kind);
@@ -182,17 +203,19 @@ static int check_refs(struct api_ctx *ctx, enum gw_kind kind, const json_t *conf
 }
 
 /* Validates conf (owned) and stores it under id. existing is the current
- * item or NULL. Sets create_time/update_time as APISIX does. */
+ * item or NULL. ttl: seconds the resource lives (0: for ever). Sets
+ * create_time/update_time as APISIX does. */
 static int write_resource(struct api_ctx *ctx, enum gw_kind kind, const char *id, json_t *conf,
-                          const struct store_item *existing, json_t **out)
+                          const struct store_item *existing, int64_t ttl, json_t **out)
 {
     char err[1024];
     int status;
+    struct ref_guards rg;
     if (config_check(kind, conf, err, sizeof(err)) < 0) {
         status = reply(out, 400, errmsg("%s", err));
         goto done;
     }
-    if ((status = check_refs(ctx, kind, conf, out)))
+    if ((status = check_refs(ctx, kind, conf, &rg, out)))
         goto done;
     json_int_t now = (json_int_t)time(NULL), created = now;
     if (existing) {
@@ -212,7 +235,13 @@ static int write_resource(struct api_ctx *ctx, enum gw_kind kind, const char *id
     char key[256];
     make_key(key, sizeof(key), kind, id);
     struct store_item it = {0};
-    int rc = store_put(ctx->st, key, text, existing ? existing->mod_rev : STORE_ABSENT, &it);
+    struct store_write w = {
+        .expect_mod_rev = existing ? existing->mod_rev : STORE_ABSENT,
+        .guards = rg.g,
+        .nguards = rg.n,
+        .ttl = ttl,
+    };
+    int rc = store_put_ex(ctx->st, key, text, &w, &it);
     free(text);
     if (rc < 0) {
         status = store_error(ctx->st, out, rc);
@@ -365,11 +394,29 @@ static int do_list(struct api_ctx *ctx, enum gw_kind kind, const struct api_req 
                                      (json_int_t)lc.total));
 }
 
+/* ?ttl=N (APISIX: the resource expires after N seconds). 0 when absent. */
+static int parse_ttl(const struct api_req *req, int64_t *ttl, json_t **out)
+{
+    const char *s = req->arg(req->arg_ud, "ttl");
+    long v;
+    *ttl = 0;
+    if (!s)
+        return 0;
+    if (parse_long(s, &v) < 0 || v < 1 || v > 9000000000L)
+        return reply(out, 400, errmsg("ttl must be an integer number of seconds from 1 to "
+                                      "9000000000"));
+    *ttl = v;
+    return 0;
+}
+
 static int do_put(struct api_ctx *ctx, enum gw_kind kind, const char *id,
                   const struct api_req *req, json_t **out)
 {
     json_t *conf;
     int status;
+    int64_t ttl;
+    if ((status = parse_ttl(req, &ttl, out)))
+        return status;
     if ((status = parse_body(req, 0, &conf, out)))
         return status;
     char cid[80];
@@ -423,7 +470,7 @@ static int do_put(struct api_ctx *ctx, enum gw_kind kind, const char *id,
         json_decref(conf);
         return store_error(ctx->st, out, rc);
     }
-    status = write_resource(ctx, kind, id, conf, rc == 0 ? &existing : NULL, out);
+    status = write_resource(ctx, kind, id, conf, rc == 0 ? &existing : NULL, ttl, out);
     store_item_clear(&existing);
     return status;
 }
@@ -433,6 +480,9 @@ static int do_post(struct api_ctx *ctx, enum gw_kind kind, const struct api_req 
 {
     json_t *conf;
     int status;
+    int64_t ttl;
+    if ((status = parse_ttl(req, &ttl, out)))
+        return status;
     if ((status = parse_body(req, 0, &conf, out)))
         return status;
     /* Ids are the store revision at creation, zero-padded as etcd-era APISIX
@@ -445,7 +495,7 @@ static int do_post(struct api_ctx *ctx, enum gw_kind kind, const struct api_req 
             json_decref(c);
             break;
         }
-        status = write_resource(ctx, kind, id, c, NULL, out);
+        status = write_resource(ctx, kind, id, c, NULL, ttl, out);
         if (status != 409)
             break;
         json_decref(*out);
@@ -523,7 +573,7 @@ static int do_patch(struct api_ctx *ctx, enum gw_kind kind, const char *id, char
         store_item_clear(&existing);
         return status;
     }
-    status = write_resource(ctx, kind, id, conf, &existing, out);
+    status = write_resource(ctx, kind, id, conf, &existing, 0, out);
     store_item_clear(&existing);
     return status;
 }
@@ -574,13 +624,24 @@ static int do_delete(struct api_ctx *ctx, enum gw_kind kind, const char *id,
     if (rc < 0)
         return store_error(ctx->st, out, rc);
     const char *force = req->arg(req->arg_ud, "force");
+    /* No referrer may appear between the scan and the delete: each scanned
+     * collection must be unchanged since the revision it was read at. */
+    struct store_guard guards[4];
+    char prefixes[4][64];
+    size_t nguards = 0;
     if (!(force && strcmp(force, "true") == 0) &&
         (kind == GW_KIND_UPSTREAM || kind == GW_KIND_SERVICE || kind == GW_KIND_PLUGIN_CONFIG)) {
         for (int i = 0; referrers[kind][i] != GW_KIND__COUNT; i++) {
             struct user_scan us = {.scanned = referrers[kind][i], .target = kind, .id = id};
-            char prefix[64];
-            snprintf(prefix, sizeof(prefix), "/apisix/%s/", config_kind_collection(us.scanned));
-            rc = store_list(ctx->st, prefix, scan_user, &us);
+            char *prefix = prefixes[nguards];
+            int64_t read_rev = 0;
+            snprintf(prefix, sizeof(prefixes[0]), "/apisix/%s/",
+                     config_kind_collection(us.scanned));
+            rc = store_list_at(ctx->st, prefix, 0, scan_user, &us, &read_rev);
+            if (rc == 0) {
+                guards[nguards] = (struct store_guard){STORE_GUARD_UNCHANGED, prefix, read_rev};
+                nguards++;
+            }
             if (rc < 0) {
                 store_item_clear(&existing);
                 return store_error(ctx->st, out, rc);
@@ -594,7 +655,9 @@ static int do_delete(struct api_ctx *ctx, enum gw_kind kind, const char *id,
             }
         }
     }
-    rc = store_delete(ctx->st, key, existing.mod_rev, NULL);
+    struct store_write w = {.expect_mod_rev = existing.mod_rev, .guards = guards,
+                            .nguards = nguards};
+    rc = store_delete_ex(ctx->st, key, &w, NULL);
     store_item_clear(&existing);
     if (rc == -ENOENT)
         return not_found(out);
@@ -680,7 +743,18 @@ static int method_supported(enum gw_kind kind, const char *m)
            strcmp(m, "DELETE") == 0;
 }
 
+static int api_route(struct api_ctx *ctx, const struct api_req *req, json_t **out);
+
 int api_handle(struct api_ctx *ctx, const struct api_req *req, json_t **out)
+{
+    /* One timeout for all the store work of a request (etcd). */
+    store_request_begin(ctx->st);
+    int status = api_route(ctx, req, out);
+    store_request_end(ctx->st);
+    return status;
+}
+
+static int api_route(struct api_ctx *ctx, const struct api_req *req, json_t **out)
 {
     /* Split the path; segments point into a local copy. */
     char path[1024];

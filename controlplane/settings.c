@@ -61,13 +61,141 @@ static int set_addr(struct sockaddr_storage *dst, const char *what, const char *
     return 0;
 }
 
+/* Every comma-separated element of list is an http:// or https:// URL. */
+static int check_etcd_urls(const char *what, const char *list, char *err, size_t errlen)
+{
+    const char *p = list;
+    int n = 0;
+    while (*p) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        if (!((len > 7 && strncmp(p, "http://", 7) == 0) ||
+              (len > 8 && strncmp(p, "https://", 8) == 0)))
+            return cfg_fail(err, errlen, "%s: \"%.*s\" is not an http:// or https:// URL", what,
+                            (int)len, p);
+        n++;
+        p += len + (comma ? 1 : 0);
+    }
+    if (n == 0)
+        return cfg_fail(err, errlen, "%s: no etcd endpoint", what);
+    return 0;
+}
+
 static int check_store(const char *v, char *err, size_t errlen)
 {
     if (strncmp(v, "sqlite:", 7) == 0 && v[7] != '\0')
         return 0;
     if (strncmp(v, "etcd:", 5) == 0 && v[5] != '\0')
-        return 0;
+        return check_etcd_urls("store", v + 5, err, errlen);
     return cfg_fail(err, errlen, "store: \"%s\" is not sqlite:PATH or etcd:URL[,URL...]", v);
+}
+
+/* deployment.etcd, in APISIX's names. Settings APISIX has that airgw does
+ * not need are accepted with a warning, so an APISIX file loads. */
+static int load_etcd(struct cp_settings *s, const json_t *etcd, char *err, size_t errlen)
+{
+    static const char *const keys[] = {"host", "prefix", "user", "password", "timeout", "tls",
+                                       "watch_timeout", "startup_retry", "resync_delay",
+                                       "health_check_timeout", NULL};
+    static const char *const tls_keys[] = {"cert", "key", "verify", "ca", "sni", NULL};
+    int rc;
+    if ((rc = cfg_want(etcd, JSON_OBJECT, "deployment.etcd", "a mapping", err, errlen)))
+        return rc;
+    if ((rc = cfg_only_keys(etcd, "deployment.etcd", keys, err, errlen)))
+        return rc;
+    json_t *v;
+    if ((v = json_object_get(etcd, "host"))) {
+        if (json_is_string(v))
+            v = json_pack("[O]", v);
+        else
+            json_incref(v);
+        size_t i, len = 0;
+        json_t *h;
+        if (!json_is_array(v) || json_array_size(v) == 0) {
+            json_decref(v);
+            return cfg_fail(err, errlen,
+                            "config: deployment.etcd.host must be a list of http(s):// URLs");
+        }
+        json_array_foreach(v, i, h) {
+            if (!json_is_string(h) || json_string_length(h) == 0 ||
+                strchr(json_string_value(h), ',')) {
+                json_decref(v);
+                return cfg_fail(err, errlen,
+                                "config: deployment.etcd.host[%zu] must be an http(s):// URL",
+                                i + 1);
+            }
+            len += json_string_length(h) + 1;
+        }
+        char *joined = calloc(1, len + 1);
+        json_array_foreach(v, i, h) {
+            if (i)
+                strcat(joined, ",");
+            strcat(joined, json_string_value(h));
+        }
+        json_decref(v);
+        free(s->etcd_hosts);
+        s->etcd_hosts = joined;
+        if ((rc = check_etcd_urls("config: deployment.etcd.host", joined, err, errlen)))
+            return rc;
+    }
+    if ((v = json_object_get(etcd, "prefix"))) {
+        if (!json_is_string(v) || json_string_value(v)[0] != '/')
+            return cfg_fail(err, errlen,
+                            "config: deployment.etcd.prefix must be a string starting with /");
+        set_str(&s->etcd_prefix, json_string_value(v));
+    }
+    if ((v = json_object_get(etcd, "user"))) {
+        if ((rc = cfg_want(v, JSON_STRING, "deployment.etcd.user", "a string", err, errlen)))
+            return rc;
+        set_str(&s->etcd_user, json_string_value(v));
+    }
+    if ((v = json_object_get(etcd, "password"))) {
+        if ((rc = cfg_want(v, JSON_STRING, "deployment.etcd.password", "a string", err, errlen)))
+            return rc;
+        set_str(&s->etcd_password, json_string_value(v));
+    }
+    if ((v = json_object_get(etcd, "timeout"))) {
+        double d = json_number_value(v);
+        if (!json_is_number(v) || !(d >= 0.1 && d <= 600))
+            return cfg_fail(err, errlen,
+                            "config: deployment.etcd.timeout must be a number of seconds from "
+                            "0.1 to 600");
+        s->etcd_timeout = d;
+    }
+    const char *ignored[] = {"watch_timeout", "startup_retry", "resync_delay",
+                             "health_check_timeout"};
+    for (size_t i = 0; i < sizeof(ignored) / sizeof(ignored[0]); i++)
+        if (json_object_get(etcd, ignored[i]))
+            log_warn("config: deployment.etcd.%s is not used by airgw; ignored", ignored[i]);
+    json_t *tls = json_object_get(etcd, "tls");
+    if (tls) {
+        if ((rc = cfg_want(tls, JSON_OBJECT, "deployment.etcd.tls", "a mapping", err, errlen)))
+            return rc;
+        if ((rc = cfg_only_keys(tls, "deployment.etcd.tls", tls_keys, err, errlen)))
+            return rc;
+        static const char *const files[] = {"cert", "key", "ca"};
+        char **dst[] = {&s->etcd_tls_cert, &s->etcd_tls_key, &s->etcd_tls_ca};
+        for (int i = 0; i < 3; i++) {
+            if (!(v = json_object_get(tls, files[i])))
+                continue;
+            if (!json_is_string(v) || json_string_length(v) == 0)
+                return cfg_fail(err, errlen, "config: deployment.etcd.tls.%s must be a file path",
+                                files[i]);
+            set_str(dst[i], json_string_value(v));
+        }
+        if (!s->etcd_tls_cert != !s->etcd_tls_key)
+            return cfg_fail(err, errlen,
+                            "config: deployment.etcd.tls: cert and key must be set together");
+        if ((v = json_object_get(tls, "verify"))) {
+            if (!json_is_boolean(v))
+                return cfg_fail(err, errlen, "config: deployment.etcd.tls.verify must be true "
+                                             "or false");
+            s->etcd_tls_verify = json_is_true(v);
+        }
+        if (json_object_get(tls, "sni"))
+            log_warn("config: deployment.etcd.tls.sni is not used by airgw; ignored");
+    }
+    return 0;
 }
 
 static int load_admin(struct cp_settings *s, const json_t *admin, char *err, size_t errlen)
@@ -262,9 +390,13 @@ static int load_file(struct cp_settings *s, const char *path, char *err, size_t 
         goto out;
     if ((v = json_object_get(dep, "config_stream")) && (rc = load_stream(s, v, err, errlen)))
         goto out;
+    if ((v = json_object_get(dep, "etcd")) && (rc = load_etcd(s, v, err, errlen)))
+        goto out;
     if ((v = json_object_get(dep, "store"))) {
+        /* "etcd" alone: the endpoints are deployment.etcd.host. */
         if ((rc = cfg_want(v, JSON_STRING, "deployment.store", "a string", err, errlen)) ||
-            (rc = check_store(json_string_value(v), err, errlen)))
+            (strcmp(json_string_value(v), "etcd") != 0 &&
+             (rc = check_store(json_string_value(v), err, errlen))))
             goto out;
         set_str(&s->store, json_string_value(v));
     }
@@ -314,6 +446,8 @@ int settings_load(struct cp_settings *s, int argc, char **argv, char *err, size_
     s->heartbeat_interval = 5;
     s->max_pending_bytes = 64u << 20;
     s->history = 10000;
+    s->etcd_timeout = 5;
+    s->etcd_tls_verify = 1;
     s->allow_admin = calloc(1, sizeof(struct cidr));
     cidr_parse("127.0.0.0/24", &s->allow_admin[0]);
     s->nallow = 1;
@@ -377,6 +511,17 @@ int settings_load(struct cp_settings *s, int argc, char **argv, char *err, size_
             break;
         }
     }
+    /* The store: --store, else deployment.store, else etcd when
+     * deployment.etcd.host is set, else SQLite in the state directory. */
+    if ((!s->store && s->etcd_hosts) || (s->store && strcmp(s->store, "etcd") == 0)) {
+        if (!s->etcd_hosts)
+            return cfg_fail(err, errlen,
+                            "config: deployment.store is etcd but deployment.etcd.host is not set");
+        size_t n = strlen(s->etcd_hosts) + 8;
+        free(s->store);
+        s->store = malloc(n);
+        snprintf(s->store, n, "etcd:%s", s->etcd_hosts);
+    }
     if (!s->store) {
         size_t n = strlen(s->state_dir) + 32;
         s->store = malloc(n);
@@ -395,6 +540,13 @@ void settings_free(struct cp_settings *s)
     free(s->allow_admin);
     free(s->config_file);
     free(s->store);
+    free(s->etcd_hosts);
+    free(s->etcd_prefix);
+    free(s->etcd_user);
+    free(s->etcd_password);
+    free(s->etcd_tls_cert);
+    free(s->etcd_tls_key);
+    free(s->etcd_tls_ca);
     free(s->state_dir);
     free(s->stream_tls_cert);
     free(s->stream_tls_key);

@@ -29,6 +29,13 @@ struct cp_settings {
     struct sockaddr_storage admin_listen; /* default 127.0.0.1:9180 */
     struct sockaddr_storage config_listen;/* default 127.0.0.1:9280 */
     char *store;                          /* "sqlite:PATH" or "etcd:URL,..." */
+    char *etcd_hosts;                     /* deployment.etcd.host, joined with ',' */
+    char *etcd_prefix;                    /* deployment.etcd.prefix, default "/apisix" */
+    char *etcd_user, *etcd_password;      /* deployment.etcd.user/password, or NULL */
+    double etcd_timeout;                  /* deployment.etcd.timeout, seconds, default 5 */
+    char *etcd_tls_cert, *etcd_tls_key;   /* deployment.etcd.tls.cert/key, or NULL */
+    char *etcd_tls_ca;                    /* deployment.etcd.tls.ca, or NULL */
+    int etcd_tls_verify;                  /* deployment.etcd.tls.verify, default 1 */
     char *state_dir;                      /* default ./airgw-data */
     int log_level;                        /* enum log_level */
     struct admin_key *keys;               /* configured keys */

@@ -18,7 +18,7 @@
  * lives in meta, so it never goes back, even when every key is deleted.
  *
  * Every put/delete is one BEGIN IMMEDIATE transaction: read meta, check the
- * expected mod_rev, write kv, append to changes, prune changes, store the new
+ * expected mod_rev and the guards (store_guard), write kv, append to changes, prune changes, store the new
  * revision, commit. Only after the commit is the watch called. The database
  * runs in WAL mode with synchronous=FULL, so a commit that returned has been
  * fsynced: it survives kill -9 and power loss.
@@ -26,7 +26,8 @@
  * One process owns the file (the control plane's loop thread); revision() and
  * changes_since() use the values cached after the last commit. Writes read the
  * counter from the file inside their transaction, so even a second writer
- * could not make a revision be reused.
+ * could not make a revision be reused. A ttl (etcd leases) is refused with
+ * -ENOTSUP: keys here live until deleted.
  *
  * Ownership: the store owns its connection and its cached prepared
  * statements (finalized in close). Items passed to list callbacks and changes
@@ -67,6 +68,8 @@ enum {
     ST_CHG_ADD,
     ST_CHG_PRUNE,
     ST_CHANGES,
+    ST_GUARD_RANGE,
+    ST_GUARD_FROM,
     ST_COUNT
 };
 
@@ -88,6 +91,8 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_CHG_ADD] = "INSERT INTO changes(rev, key, value, create_rev) VALUES (?1, ?2, ?3, ?4)",
     [ST_CHG_PRUNE] = "DELETE FROM changes WHERE rev < ?1",
     [ST_CHANGES] = "SELECT rev, key, value, create_rev FROM changes WHERE rev > ?1 ORDER BY rev",
+    [ST_GUARD_RANGE] = "SELECT key FROM kv WHERE key >= ?1 AND key < ?2 AND mod_rev > ?3 LIMIT 1",
+    [ST_GUARD_FROM] = "SELECT key FROM kv WHERE key >= ?1 AND mod_rev > ?3 LIMIT 1",
 };
 
 static const char schema_sql[] =
@@ -192,6 +197,74 @@ static int prune(struct sqlite_store *q, int64_t keep_from, int64_t *oldest)
     return rc;
 }
 
+/* The smallest string above every key that starts with prefix: drop
+ * trailing 0xff bytes and bump the last one. Returns its length (0: none,
+ * every key from prefix on matches) and a malloc'd copy in *upper. */
+static int prefix_upper(const char *prefix, char **upper, size_t *len)
+{
+    size_t n = strlen(prefix);
+    char *u = malloc(n + 1);
+    if (!u)
+        return -ENOMEM;
+    memcpy(u, prefix, n + 1);
+    while (n > 0 && (unsigned char)u[n - 1] == 0xff)
+        n--;
+    if (n > 0)
+        u[n - 1] = (char)((unsigned char)u[n - 1] + 1);
+    *upper = u;
+    *len = n;
+    return 0;
+}
+
+/* Checks every guard inside the write's transaction. 0, -ESTALE (message
+ * set), or -EIO/-ENOMEM. */
+static int check_guards(struct sqlite_store *q, const struct store_write *w)
+{
+    for (size_t i = 0; i < w->nguards; i++) {
+        const struct store_guard *g = &w->guards[i];
+        if (g->type == STORE_GUARD_CREATED) {
+            sqlite3_stmt *st = q->st[ST_REVS];
+            sqlite3_bind_text(st, 1, g->key, -1, SQLITE_STATIC);
+            int src = sqlite3_step(st);
+            int64_t created = src == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+            sqlite3_reset(st);
+            sqlite3_clear_bindings(st);
+            if (src != SQLITE_ROW && src != SQLITE_DONE)
+                return db_err(q, "checking a guard");
+            if (created != g->rev) {
+                set_err(q, "key %s changed (create_rev %" PRId64 ", expected %" PRId64 ")",
+                        g->key, created, g->rev);
+                return -ESTALE;
+            }
+            continue;
+        }
+        char *upper;
+        size_t n;
+        if (prefix_upper(g->key, &upper, &n) < 0) {
+            set_err(q, "out of memory");
+            return -ENOMEM;
+        }
+        int id = n > 0 ? ST_GUARD_RANGE : ST_GUARD_FROM;
+        sqlite3_stmt *st = q->st[id];
+        sqlite3_bind_text(st, 1, g->key, -1, SQLITE_STATIC);
+        if (n > 0)
+            sqlite3_bind_text(st, 2, upper, (int)n, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, g->rev);
+        int src = sqlite3_step(st);
+        if (src == SQLITE_ROW)
+            set_err(q, "key %s changed after revision %" PRId64,
+                    (const char *)sqlite3_column_text(st, 0), g->rev);
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
+        free(upper);
+        if (src == SQLITE_ROW)
+            return -ESTALE;
+        if (src != SQLITE_DONE)
+            return db_err(q, "checking a guard");
+    }
+    return 0;
+}
+
 struct applied {
     int64_t rev;        /* revision of the write */
     int64_t create_rev; /* the key's create_rev (0 for a delete) */
@@ -200,9 +273,10 @@ struct applied {
 /* One write, put (value != NULL) or delete (value == NULL), as one
  * transaction. Returns 0 after a durable commit, or a negative errno with
  * nothing changed. */
-static int apply(struct sqlite_store *q, const char *key, const char *value, int64_t expect_mod_rev,
-                 struct applied *res)
+static int apply(struct sqlite_store *q, const char *key, const char *value,
+                 const struct store_write *w, struct applied *res)
 {
+    int64_t expect_mod_rev = w->expect_mod_rev;
     int64_t cur, oldest, old_create = 0, old_mod = 0;
     bool exists = false;
     int rc;
@@ -249,6 +323,8 @@ static int apply(struct sqlite_store *q, const char *key, const char *value, int
         rc = -ESTALE;
         goto fail;
     }
+    if ((rc = check_guards(q, w)) != 0)
+        goto fail;
 
     int64_t rev = cur + 1;
     int64_t create_rev = value ? (exists ? old_create : rev) : 0;
@@ -294,26 +370,40 @@ fail:
     return rc;
 }
 
-static int check_write_args(struct sqlite_store *q, const char *key, int64_t expect_mod_rev)
+static int check_write_args(struct sqlite_store *q, const char *key, const struct store_write *w)
 {
     if (!key || !*key) {
         set_err(q, "empty key");
         return -EINVAL;
     }
-    if (expect_mod_rev < STORE_ANY) {
-        set_err(q, "bad expected mod_rev %" PRId64, expect_mod_rev);
+    if (w->expect_mod_rev < STORE_ANY) {
+        set_err(q, "bad expected mod_rev %" PRId64, w->expect_mod_rev);
         return -EINVAL;
+    }
+    if (w->nguards && !w->guards) {
+        set_err(q, "guards missing");
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < w->nguards; i++) {
+        if (!w->guards[i].key) {
+            set_err(q, "guard without a key");
+            return -EINVAL;
+        }
+    }
+    if (w->ttl != 0) {
+        set_err(q, "ttl is only supported with the etcd store");
+        return -ENOTSUP;
     }
     return 0;
 }
 
-static int sq_put(store *s, const char *key, const char *value, int64_t expect_mod_rev,
+static int sq_put(store *s, const char *key, const char *value, const struct store_write *w,
                   struct store_item *out)
 {
     struct sqlite_store *q = sq(s);
     char *kcopy = NULL, *vcopy = NULL;
     struct applied res;
-    int rc = check_write_args(q, key, expect_mod_rev);
+    int rc = check_write_args(q, key, w);
     if (rc != 0)
         return rc;
     if (!value) {
@@ -330,7 +420,7 @@ static int sq_put(store *s, const char *key, const char *value, int64_t expect_m
             goto fail_copy;
         }
     }
-    if ((rc = apply(q, key, value, expect_mod_rev, &res)) != 0)
+    if ((rc = apply(q, key, value, w, &res)) != 0)
         goto fail_copy;
     if (out) {
         out->key = kcopy;
@@ -350,13 +440,13 @@ fail_copy:
     return rc;
 }
 
-static int sq_del(store *s, const char *key, int64_t expect_mod_rev, int64_t *out_rev)
+static int sq_del(store *s, const char *key, const struct store_write *w, int64_t *out_rev)
 {
     struct sqlite_store *q = sq(s);
     struct applied res;
-    int rc = check_write_args(q, key, expect_mod_rev);
+    int rc = check_write_args(q, key, w);
     if (rc == 0)
-        rc = apply(q, key, NULL, expect_mod_rev, &res);
+        rc = apply(q, key, NULL, w, &res);
     if (rc != 0)
         return rc;
     if (out_rev)
@@ -423,24 +513,26 @@ static void reader_done(sqlite3_stmt *st, bool temp)
     }
 }
 
-static int sq_list(store *s, const char *prefix, store_item_fn fn, void *ud)
+static int sq_list(store *s, const char *prefix, int64_t at_rev, store_item_fn fn, void *ud,
+                   int64_t *read_rev)
 {
     struct sqlite_store *q = sq(s);
     if (!prefix)
         prefix = "";
-    /* The smallest string above every key that starts with prefix: drop
-     * trailing 0xff bytes and bump the last one. None if nothing is left. */
-    size_t n = strlen(prefix);
-    char *upper = malloc(n + 1);
-    if (!upper) {
+    /* One writer, and it is us: the file is always at q->rev. */
+    if (at_rev != 0 && at_rev != q->rev) {
+        set_err(q, "sqlite store: revision %" PRId64 " cannot be read (the store is at %" PRId64
+                   ")", at_rev, q->rev);
+        return -ERANGE;
+    }
+    if (read_rev)
+        *read_rev = q->rev;
+    size_t n;
+    char *upper;
+    if (prefix_upper(prefix, &upper, &n) < 0) {
         set_err(q, "out of memory");
         return -ENOMEM;
     }
-    memcpy(upper, prefix, n + 1);
-    while (n > 0 && (unsigned char)upper[n - 1] == 0xff)
-        n--;
-    if (n > 0)
-        upper[n - 1] = (char)((unsigned char)upper[n - 1] + 1);
 
     bool temp;
     sqlite3_stmt *st = reader(q, n > 0 ? ST_LIST_RANGE : ST_LIST_FROM, &temp);

@@ -219,7 +219,9 @@ static int send_snapshot(struct dp_conn *c, int64_t rev)
     for (int k = 0; k < GW_KIND__COUNT; k++) {
         char prefix[64];
         snprintf(prefix, sizeof(prefix), "/apisix/%s/", config_kind_collection(k));
-        rc = store_list(c->srv->st, prefix, snap_item, &sc);
+        /* At rev exactly: the etcd store may already hold later changes,
+         * which follow as live changes. */
+        rc = store_list_at(c->srv->st, prefix, rev, snap_item, &sc, NULL);
         if (rc < 0) {
             send_error(c, "control plane store error while taking a snapshot");
             return rc;
@@ -549,6 +551,19 @@ void stream_server_publish(void *ud, const struct store_change *ch)
     }
     if (f)
         cfgs_frame_unref(f);
+}
+
+void stream_server_resync(void *ud)
+{
+    struct stream_server *srv = ud;
+    if (!srv || srv->stopping)
+        return;
+    int64_t rev = store_revision(srv->st);
+    for (struct dp_conn *c = srv->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->state == DP_LIVE)
+            send_snapshot(c, rev);
+    }
 }
 
 json_t *stream_server_list(struct stream_server *srv)

@@ -43,6 +43,11 @@ int stream_server_start(uv_loop_t *loop, store *st, const struct stream_server_o
  * so it can be the store's watch directly (ud is the server). */
 void stream_server_publish(void *ud, const struct store_change *ch);
 
+/* Sends every live data plane a fresh snapshot at the store's revision (the
+ * store lost track of some changes: etcd compaction). Matches
+ * store_resync_fn (ud is the server). */
+void stream_server_resync(void *ud);
+
 /* The connected data planes as a JSON array (new reference):
  * [{"node_id","address","revision","connected_at","hostname","version"}]. */
 json_t *stream_server_list(struct stream_server *srv);

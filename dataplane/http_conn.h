@@ -142,11 +142,13 @@ enum hp_req_flag {
     RQ_UP_KEEP = 1u << 17,      /* the upstream response allows reusing its connection */
     RQ_HEAD_QUEUED = 1u << 18,  /* the request head is queued on uc (body may follow) */
     RQ_FINISHED = 1u << 19,     /* hooks and log done */
+    RQ_PBODY = 1u << 20,        /* a plugin reads the request body (plugin_req_read_body) */
 };
 
 struct hp_scratch;
 struct hp_client;
 struct hp_upconn;
+struct plugin_req;
 
 struct hp_req {
     struct hp_client *c;              /* the client connection */
@@ -197,6 +199,8 @@ struct hp_req {
     int up_last;                      /* the last upstream status (0: none) */
     char up_addr[HP_LOG_FIELD_MAX];   /* "a:1, b:2" attempted nodes, for the log */
     char up_status[HP_LOG_FIELD_MAX]; /* "502, 200" their statuses, for the log */
+    struct plugin_req *pr;            /* plugin state (http_plugin.c), or NULL: no chain
+                                         applies to this request (nothing allocated) */
 };
 
 enum { RP_HEAD = 0, RP_BODY };
@@ -331,6 +335,104 @@ struct http_proxy {
     char rbuf[HP_READ_BUF_SIZE]; /* shared read buffer: consumed before read_cb returns */
 };
 
+/* ---- plugins (http_plugin.c) ---- */
+
+/* One header edit a plugin made (request or response). */
+struct hp_edit {
+    struct hp_edit *next; /* in edit order */
+    const char *name;     /* header name (request scratch) */
+    const char *value;    /* value, or NULL: removed */
+    bool add;             /* add (append) rather than set (replace every one of the name) */
+    bool dead;            /* replaced by a later set of the same name */
+};
+
+/* A plugin instance as one request runs it. */
+struct hp_pentry {
+    const struct plugin_inst *inst; /* in a chain of the request's snapshot */
+    void *data;                     /* the plugin's per-request pointer */
+};
+
+enum hp_phase { PH_REWRITE = 0, PH_ACCESS, PH_BEFORE_PROXY, PH_DONE };
+
+enum hp_pflag {
+    PF_RUNNING = 1u << 0,   /* the phase runner is on the stack */
+    PF_SUSPENDED = 1u << 1, /* a plugin returned PLUGIN_ASYNC; waiting for plugin_resume */
+    PF_RESUMED = 1u << 2,   /* plugin_resume came while the runner was on the stack */
+    PF_RESPONDED = 1u << 3, /* plugin_respond was called: the answer is resp_* */
+    PF_HF_DONE = 1u << 4,   /* header_filter ran */
+    PF_UP_HEAD = 1u << 5,   /* inside header_filter of an upstream response (rhead valid) */
+    PF_BODY_READY = 1u << 6,/* the body a plugin asked for is complete, cb not called yet */
+    PF_BODY_OVER = 1u << 7, /* the declared body is over the plugin's max: 413 */
+    PF_BODY_READ = 1u << 8, /* a plugin read the body: it is in body, sent upstream from there */
+    PF_BODY_WANT = 1u << 9, /* plugin_req_read_body was called */
+};
+
+/* The per-request plugin state; "struct plugin_req" is what plugins see
+ * (opaque to them). Allocated only when a chain applies. */
+struct plugin_req {
+    struct hp_req *r;                   /* the request */
+    size_t n;                           /* entries: global rules' instances, then the route's */
+    size_t nglobal;                     /* how many of them are global rules' */
+    uint8_t phase;                      /* enum hp_phase */
+    size_t idx;                         /* next entry of the phase */
+    uint32_t flags;                     /* PF_* */
+    int status;                         /* status to the client (set before header_filter) */
+    int resp_status;                    /* plugin_respond's answer */
+    char *resp_ctype;                   /* its Content-Type (malloc), or NULL */
+    char *resp_body;                    /* its body (malloc), or NULL */
+    size_t resp_len;                    /* its length */
+    void (*abort_fn)(void *ud);         /* plugin_set_abort, for the current suspension */
+    void *abort_ud;                     /* its argument */
+    const struct consumer_rt *consumer; /* plugin_req_set_consumer */
+    const char *method;                 /* method sent upstream, or NULL: the client's */
+    const char *target;                 /* request-target sent upstream, or NULL: r->target */
+    const char *args;                   /* its query (after edits) when target is set */
+    const char *host;                   /* Host sent upstream, or NULL */
+    struct hp_edit *req_edits;          /* request header edits */
+    struct hp_edit **req_tail;          /* where the next one goes */
+    struct hp_edit *resp_edits;         /* response header edits */
+    struct hp_edit **resp_tail;         /* where the next one goes */
+    int64_t content_length;             /* declared request body length (-1 chunked) */
+    void (*body_cb)(struct plugin_req *, void *, const char *, size_t); /* read_body */
+    void *body_ud;                      /* its argument */
+    size_t body_max;                    /* its bound */
+    char *body;                         /* the body read so far (malloc) */
+    size_t body_len;                    /* bytes in body */
+    size_t body_cap;                    /* bytes allocated */
+    struct hp_pentry e[];               /* the instances */
+};
+
+/* Starts the plugin phases of a request after routing (route may be NULL:
+ * global rules only). false: no chain applies, the caller goes on itself
+ * (hp_req_prepare, then hp_up_start); true: the runner took the request
+ * over and goes on (or answers) itself. */
+bool hp_plugin_begin(struct hp_req *r);
+/* The response head to the client is about to be built: records status and
+ * runs header_filter (once). upstream: r->rhead holds the upstream's head. */
+void hp_plugin_header_filter(struct hp_req *r, int status, bool upstream);
+/* A response body chunk to the client (decoded). */
+void hp_plugin_body_filter(struct hp_req *r, const char *chunk, size_t len);
+/* The framework answers locally while a plugin waits: its abort runs and
+ * the phases end. */
+void hp_plugin_cancel_wait(struct hp_req *r);
+/* The request ends: abort when waiting, log phase, free. */
+void hp_plugin_end(struct hp_req *r);
+/* Request body bytes for a plugin reading it. 0, or 413 / 500 as the
+ * status to answer. */
+int hp_plugin_body_chunk(struct hp_req *r, const char *at, size_t len);
+/* The body a plugin reads is complete: its callback runs. */
+void hp_plugin_body_done(struct hp_req *r);
+/* True when a plugin's "set" replaced header name (request or response). */
+bool hp_plugin_replaced(const struct hp_edit *edits, const char *name);
+/* Writes the edits' "Name: value\r\n" lines to out (NULL: only measures).
+ * Returns the length. */
+size_t hp_plugin_emit(const struct hp_edit *edits, char *out);
+/* The complete local answer of a request with plugins: the plugin's own
+ * (plugin_respond) when status is its status, else the default page;
+ * header_filter ran first and response edits are applied. */
+char *hp_plugin_local_response(struct hp_req *r, int status, const char *json_msg, bool keepalive,
+                               size_t *len);
+
 /* ---- http_util.c ---- */
 
 void hp_head_init(struct hp_head *h, uint32_t max, uint32_t maxn);
@@ -374,6 +476,14 @@ const char *hp_status_reason(int status);
  * else nginx's HTML page. */
 char *hp_local_response(struct http_proxy *p, int status, const char *json_msg, bool keepalive,
                         size_t *len);
+/* The default body of a local answer (as hp_local_response makes it) into
+ * body (cap bytes); *ctype gets its type. Returns its length. */
+size_t hp_default_body(int status, const char *json_msg, char *body, size_t cap,
+                       const char **ctype);
+/* A complete local response with that body; edits (may be NULL) are the
+ * plugins' response header edits. NULL when out of memory. */
+char *hp_format_response(struct http_proxy *p, int status, const char *ctype, const char *body,
+                         size_t blen, bool keepalive, const struct hp_edit *edits, size_t *len);
 void hp_update_dates(struct http_proxy *p);
 
 /* Writes the access log line of a finished request. */
@@ -417,6 +527,12 @@ void hp_client_close(struct hp_client *c);
 void hp_client_shutdown(struct hp_client *c);
 /* Appends to a ", "-separated log field. */
 void hp_log_field_add(char *field, const char *s);
+/* After the rewrite and access phases: answers routing failures (404, no
+ * upstream: 502, unsupported scheme) and computes the chash key. true: go
+ * on to the upstream; false: answered. */
+bool hp_req_prepare(struct hp_req *r);
+/* Answers the request locally (no drive: the caller drives). */
+void hp_req_answer(struct hp_req *r, int status, const char *json_msg);
 
 /* ---- http_upstream.c ---- */
 

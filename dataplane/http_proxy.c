@@ -105,13 +105,19 @@ static int rq_on_headers_complete(llhttp_t *hp)
 
 static int rq_on_body(llhttp_t *hp, const char *at, size_t len)
 {
-    (void)at;
     struct hp_req *r = hp->data;
     r->body_in += len;
     uint64_t max = r->c->p->o.max_body_bytes;
     if (max && r->body_in > max) {
         r->status = 413;
         return HPE_USER;
+    }
+    if (r->flags & RQ_PBODY) {
+        int st = hp_plugin_body_chunk(r, at, len);
+        if (st) {
+            r->status = st;
+            return HPE_USER;
+        }
     }
     return 0;
 }
@@ -284,10 +290,13 @@ static void req_finish(struct hp_client *c)
     struct http_proxy *p = c->p;
     if (r->uc || (r->flags & RQ_NODE_STARTED))
         hp_up_detach(r, false);
+    if (r->status == 0 && (r->route || r->snap))
+        r->status = 499; /* the client went away first (nginx's code) */
+    /* The plugins' log phase: once, whatever happened (also when freeing). */
+    if (r->pr)
+        hp_plugin_end(r);
     /* A request is counted once its head was read or an answer was sent. */
     if (!p->freeing && (r->route || r->status || r->snap)) {
-        if (r->status == 0)
-            r->status = 499; /* the client went away first (nginx's code) */
         uint64_t now = uv_hrtime();
         uint64_t lat = (now - r->t_start) / 1000;
         uint64_t ulat = r->t_up_head ? (r->t_up_head - r->t_up_start) / 1000 : 0;
@@ -390,7 +399,8 @@ static void answer_local(struct hp_client *c, int status, const char *json_msg, 
         close = true; /* the client waits for 100 Continue; it may never send the body */
     bool keep = !close && (r->flags & RQ_KEEPALIVE) && !p->draining;
     size_t len;
-    char *buf = hp_local_response(p, status, json_msg, keep, &len);
+    char *buf = r->pr ? hp_plugin_local_response(r, status, json_msg, keep, &len)
+                      : hp_local_response(p, status, json_msg, keep, &len);
     if (!buf) {
         hp_client_close(c);
         return;
@@ -403,6 +413,11 @@ static void answer_local(struct hp_client *c, int status, const char *json_msg, 
     uv_buf_t b = uv_buf_init(buf, (unsigned)len);
     hp_client_send(c, &b, 1);
     free(buf);
+}
+
+void hp_req_answer(struct hp_req *r, int status, const char *json_msg)
+{
+    answer_local(r->c, status, json_msg, false);
 }
 
 void hp_req_answer_error(struct hp_req *r, int status)
@@ -698,14 +713,28 @@ static void req_start(struct hp_client *c)
         .var_ud = r,
     };
     r->route = snapshot_match_ex(r->snap, &rq, &r->matched_uri, &r->matched_host);
+    /* Plugins (global rules run also without a route) take the request
+     * over when a chain applies; else it goes on at once. */
+    if (hp_plugin_begin(r))
+        return;
+    if (hp_req_prepare(r))
+        hp_up_start(r);
+}
+
+bool hp_req_prepare(struct hp_req *r)
+{
+    struct hp_client *c = r->c;
+    struct http_proxy *p = c->p;
+    llhttp_t *hp = &r->parser;
+    struct hp_head *h = &r->head;
     if (!r->route) {
         answer_local(c, 404, "404 Route Not Found", false);
-        return;
+        return false;
     }
     r->up = r->route->up;
     if (!r->up) {
         answer_local(c, 502, "missing upstream configuration in Route or Service", false);
-        return;
+        return false;
     }
     if (r->up->scheme != UP_HTTP && r->up->scheme != UP_HTTPS) {
         static const char *names[] = {"http", "https", "grpc", "grpcs", "tcp", "tls", "udp"};
@@ -713,7 +742,7 @@ static void req_start(struct hp_client *c)
         log_warn("worker %d: route %s: upstream scheme %s is not supported yet", p->o.worker_id,
                  r->route->id, sc < 7 ? names[sc] : "?");
         answer_local(c, 502, NULL, false);
-        return;
+        return false;
     }
 
     /* Upgrade: passed through only for websocket on a route that allows it;
@@ -727,9 +756,19 @@ static void req_start(struct hp_client *c)
             hp->upgrade = 0;
     }
 
-    /* The chash key, computed once for every attempt. */
+    /* The chash key, computed once for every attempt (after the plugins:
+     * hash_on consumer needs the consumer they found). */
     const char *type = json_string_value(json_object_get(r->up->conf, "type"));
     if (type && strcmp(type, "chash") == 0) {
+        struct route_query rq = {
+            .method = r->method,
+            .host = r->host,
+            .path = r->path,
+            .path_len = r->path_len,
+            .remote = &c->peer.sa,
+            .var = hp_req_var,
+            .var_ud = r,
+        };
         char kb[512];
         size_t kl = snapshot_hash_key(r->up, &rq, kb, sizeof(kb));
         if (kl >= sizeof(kb))
@@ -737,7 +776,7 @@ static void req_start(struct hp_client *c)
         r->hashkey = hp_scratch_strndup(r, kb, kl);
         r->hashkey_len = r->hashkey ? kl : 0;
     }
-    hp_up_start(r);
+    return true;
 }
 
 /* Consumes head bytes. Returns how many were consumed. */
@@ -801,6 +840,12 @@ static size_t feed_body(struct hp_client *c, const char *data, size_t n)
     r->bytes_in += k;
     if (r->flags & RQ_RESP_DONE)
         return k; /* discarding after a local answer */
+    if (r->flags & RQ_PBODY) {
+        /* A plugin reads the body (rq_on_body copied it). */
+        if (r->flags & RQ_BODY_DONE)
+            hp_plugin_body_done(r);
+        return k;
+    }
     if (k) {
         r->flags |= RQ_BODY_FWD;
         if (!hp_up_send(r, data, k))
@@ -839,7 +884,7 @@ static size_t client_feed(struct hp_client *c, const char *data, size_t n)
             }
             if (r->flags & RQ_BODY_DONE)
                 return off;
-            if (!(r->flags & RQ_RESP_DONE) && !hp_up_writable(r))
+            if (!(r->flags & (RQ_RESP_DONE | RQ_PBODY)) && !hp_up_writable(r))
                 return off;
             {
                 size_t k = feed_body(c, data + off, n - off);
@@ -919,7 +964,8 @@ static void client_update_io(struct hp_client *c)
         dl = DL_HEADER;
         break;
     case CS_PROXY:
-        if (!(r->flags & RQ_BODY_DONE) && ((r->flags & RQ_RESP_DONE) || hp_up_writable(r))) {
+        if (!(r->flags & RQ_BODY_DONE) &&
+            ((r->flags & (RQ_RESP_DONE | RQ_PBODY)) || hp_up_writable(r))) {
             if ((r->flags & RQ_EXPECT) && !(r->flags & (RQ_CONTINUE_SENT | RQ_RESP_STARTED)) &&
                 r->body_in == 0 && !pending) {
                 static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";

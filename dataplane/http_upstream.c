@@ -411,15 +411,55 @@ static void node_host(const struct upstream_node *nd, char *out, size_t len)
         snprintf(out, len, v6 ? "[%s]:%u" : "%s:%u", nd->host, (unsigned)nd->port);
 }
 
+/* The Host of the client's request as sent upstream: a plugin's (e.g.
+ * proxy-rewrite's host) with pass_host "pass", as APISIX; else r->host. */
+static const char *client_host(const struct hp_req *r)
+{
+    if (r->pr && r->pr->host && r->up->pass_host == PASS_HOST_PASS)
+        return r->pr->host;
+    return r->host;
+}
+
+/* Removes from the lines in b (len bytes, "Name: value\r\n" each) those
+ * whose name a plugin's set replaced. Returns the new length. */
+static size_t drop_replaced(char *b, size_t len, const struct hp_edit *ed)
+{
+    size_t o = 0, i = 0;
+    while (i < len) {
+        char *eol = memchr(b + i, '\n', len - i);
+        size_t ll = eol ? (size_t)(eol - (b + i)) + 1 : len - i;
+        char name[64];
+        char *colon = memchr(b + i, ':', ll);
+        size_t nl = colon ? (size_t)(colon - (b + i)) : 0;
+        bool drop = false;
+        if (nl && nl < sizeof(name)) {
+            memcpy(name, b + i, nl);
+            name[nl] = '\0';
+            drop = hp_plugin_replaced(ed, name);
+        }
+        if (!drop) {
+            memmove(b + o, b + i, ll);
+            o += ll;
+        }
+        i += ll;
+    }
+    return o;
+}
+
 static char *build_request_head(struct hp_req *r, size_t *out_len)
 {
     const struct hp_head *h = &r->head;
     const struct upstream_rt *up = r->up;
     struct hp_client *c = r->c;
-    char ip[64], nh[300], port[8];
+    const struct plugin_req *pr = r->pr;
+    const struct hp_edit *ed = pr ? pr->req_edits : NULL;
+    const char *method = pr && pr->method ? pr->method : r->method;
+    const char *target = pr && pr->target ? pr->target : r->target;
+    bool pbody = pr && (pr->flags & PF_BODY_READ); /* a plugin read the body: sent from there */
+    char ip[64], nh[300], port[8], clen[32];
     netaddr_format_ip(&c->peer.sa, ip, sizeof(ip));
     snprintf(port, sizeof(port), "%u", (unsigned)c->p->server_port);
-    const char *host = r->host;
+    const char *host = client_host(r);
     if (up->pass_host == PASS_HOST_NODE ||
         (up->pass_host == PASS_HOST_REWRITE && !(up->upstream_host && up->upstream_host[0])) ||
         !host) {
@@ -429,15 +469,20 @@ static char *build_request_head(struct hp_req *r, size_t *out_len)
     if (up->pass_host == PASS_HOST_REWRITE && up->upstream_host && up->upstream_host[0])
         host = up->upstream_host;
 
-    size_t cap = (size_t)h->len + (size_t)h->n * 4 + strlen(r->target) + strlen(host) + 512;
+    size_t cap = (size_t)h->len + (size_t)h->n * 4 + strlen(target) + strlen(host) +
+                 strlen(method) + 512;
     if (r->host)
         cap += strlen(r->host);
+    if (ed)
+        cap += hp_plugin_emit(ed, NULL);
+    if (pbody)
+        cap += pr->body_len;
     struct sbuf s = {malloc(cap), 0, cap};
     if (!s.b)
         return NULL;
-    sb_str(&s, r->method);
+    sb_str(&s, method);
     sb_str(&s, " ");
-    sb_str(&s, r->target);
+    sb_str(&s, target);
     sb_str(&s, " HTTP/1.1\r\nHost: ");
     sb_str(&s, host);
     sb_str(&s, "\r\n");
@@ -446,12 +491,26 @@ static char *build_request_head(struct hp_req *r, size_t *out_len)
         const char *n = hp_hname(h, i);
         if (req_hop_header(n))
             continue;
+        if (ed && hp_plugin_replaced(ed, n))
+            continue;
+        if (pbody && strcasecmp(n, "content-length") == 0)
+            continue;
         sb_add(&s, n, h->h[i].name_len);
         sb_str(&s, ": ");
         sb_add(&s, hp_hvalue(h, i), h->h[i].value_len);
         sb_str(&s, "\r\n");
     }
-    /* X-Forwarded-For: every value the client sent, then the client. */
+    if (ed)
+        s.len += hp_plugin_emit(ed, s.b + s.len);
+    if (pbody) {
+        snprintf(clen, sizeof(clen), "%zu", pr->body_len);
+        sb_str(&s, "Content-Length: ");
+        sb_str(&s, clen);
+        sb_str(&s, "\r\n");
+    }
+    /* X-Forwarded-For: every value the client sent, then the client. A
+     * plugin's set of one of these generated headers replaces it. */
+    size_t xstart = s.len;
     sb_str(&s, "X-Forwarded-For: ");
     for (uint32_t i = 0; i < h->n; i++) {
         if (!hp_hname_is(h, i, "x-forwarded-for") || h->h[i].value_len == 0)
@@ -475,7 +534,9 @@ static char *build_request_head(struct hp_req *r, size_t *out_len)
     sb_str(&s, "X-Forwarded-Port: ");
     sb_str(&s, port);
     sb_str(&s, "\r\n");
-    if (r->flags & RQ_CHUNKED)
+    if (ed)
+        s.len = xstart + drop_replaced(s.b + xstart, s.len - xstart, ed);
+    if ((r->flags & RQ_CHUNKED) && !pbody)
         sb_str(&s, "Transfer-Encoding: chunked\r\n");
     if (r->flags & RQ_WS) {
         int ui = hp_hfind(h, "upgrade", 0);
@@ -486,6 +547,8 @@ static char *build_request_head(struct hp_req *r, size_t *out_len)
         sb_str(&s, up->keepalive_size > 0 ? "Connection: keep-alive\r\n\r\n"
                                           : "Connection: close\r\n\r\n");
     }
+    if (pbody && pr->body_len)
+        sb_add(&s, pr->body, pr->body_len);
     *out_len = s.len;
     return s.b;
 }
@@ -576,6 +639,8 @@ static int rs_on_body(llhttp_t *hp, const char *at, size_t len)
 {
     struct hp_req *r = hp->data;
     r->body_out += len;
+    if (r->pr)
+        hp_plugin_body_filter(r, at, len); /* observe only: it cannot close anything */
     if (r->mode == BM_CHUNK) {
         char sz[24];
         int n = snprintf(sz, sizeof(sz), "%zx\r\n", len);
@@ -629,7 +694,10 @@ static char *build_response_head(struct hp_req *r, int st, const char *te, bool 
                                  size_t *out_len)
 {
     const struct hp_head *h = &r->rhead;
+    const struct hp_edit *ed = r->pr ? r->pr->resp_edits : NULL;
     size_t cap = (size_t)h->len + (size_t)h->n * 4 + 256;
+    if (ed)
+        cap += hp_plugin_emit(ed, NULL);
     struct sbuf s = {malloc(cap), 0, cap};
     if (!s.b)
         return NULL;
@@ -647,11 +715,15 @@ static char *build_response_head(struct hp_req *r, int st, const char *te, bool 
             continue;
         if (te && strcasecmp(n, "content-length") == 0)
             continue; /* never both framings */
+        if (ed && hp_plugin_replaced(ed, n))
+            continue;
         sb_add(&s, n, h->h[i].name_len);
         sb_str(&s, ": ");
         sb_add(&s, hp_hvalue(h, i), h->h[i].value_len);
         sb_str(&s, "\r\n");
     }
+    if (ed)
+        s.len += hp_plugin_emit(ed, s.b + s.len);
     if (te) {
         sb_str(&s, "Transfer-Encoding: ");
         sb_str(&s, te);
@@ -699,6 +771,8 @@ static void start_tunnel(struct hp_req *r, const char *rest, size_t restlen)
     struct hp_client *c = r->c;
     struct hp_upconn *uc = r->uc;
     size_t hl;
+    if (r->pr)
+        hp_plugin_header_filter(r, 101, true);
     char *head = build_response_head(r, 101, NULL, false, true, &hl);
     if (!head) {
         hp_client_close(c);
@@ -791,6 +865,8 @@ static int response_head(struct hp_req *r, const char *rest, size_t restlen)
     if (!keep)
         r->flags |= RQ_CLOSE;
     size_t hl;
+    if (r->pr)
+        hp_plugin_header_filter(r, st, true);
     char *head = build_response_head(r, st, te, keep, false, &hl);
     hp_head_free(&r->rhead);
     if (!head) {
@@ -1260,7 +1336,7 @@ static void resolve_cb(uv_getaddrinfo_t *gai, int status, struct addrinfo *res)
 static void upstream_server_name(const struct hp_req *r, char *out, size_t len)
 {
     const struct upstream_rt *up = r->up;
-    const char *h = r->host;
+    const char *h = client_host(r);
     if (up->pass_host == PASS_HOST_REWRITE && up->upstream_host && up->upstream_host[0])
         h = up->upstream_host;
     else if (up->pass_host != PASS_HOST_PASS || !h)

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "netaddr.h"
+#include "plugin.h"
 #include "tls.h"
 
 /* ---- header lists ---- */
@@ -423,6 +424,15 @@ const char *hp_req_var(void *ud, const char *name, size_t *len)
                 break;
             }
         }
+    } else if (strcmp(name, "route_id") == 0) {
+        v = r->route ? r->route->id : NULL;
+        vl = v ? strlen(v) : 0;
+    } else if (strcmp(name, "route_name") == 0) {
+        v = r->route ? r->route->name : NULL;
+        vl = v ? strlen(v) : 0;
+    } else if (strcmp(name, "consumer_name") == 0) {
+        v = r->pr && r->pr->consumer ? r->pr->consumer->username : NULL;
+        vl = v ? strlen(v) : 0;
     } else if (strncmp(name, "cookie_", 7) == 0) {
         for (int i = hp_hfind(&r->head, "cookie", 0); i >= 0 && !v;
              i = hp_hfind(&r->head, "cookie", (uint32_t)i + 1)) {
@@ -516,42 +526,68 @@ void hp_update_dates(struct http_proxy *p)
     snprintf(p->date_clf, sizeof(p->date_clf), "%s %s", tmp, z);
 }
 
-char *hp_local_response(struct http_proxy *p, int status, const char *json_msg, bool keepalive,
-                        size_t *len)
+size_t hp_default_body(int status, const char *json_msg, char *body, size_t cap,
+                       const char **ctype)
 {
-    char body[512];
-    const char *ctype;
     const char *reason = hp_status_reason(status);
     int bl;
     if (json_msg) {
-        ctype = "application/json";
-        bl = snprintf(body, sizeof(body), "{\"error_msg\":\"%s\"}\n", json_msg);
+        *ctype = "application/json";
+        bl = snprintf(body, cap, "{\"error_msg\":\"%s\"}\n", json_msg);
     } else {
-        ctype = "text/html; charset=utf-8";
-        bl = snprintf(body, sizeof(body),
+        *ctype = "text/html; charset=utf-8";
+        bl = snprintf(body, cap,
                       "<html>\r\n<head><title>%d %s</title></head>\r\n<body>\r\n"
                       "<center><h1>%d %s</h1></center>\r\n<hr><center>airgw</center>\r\n"
                       "</body>\r\n</html>\r\n",
                       status, reason, status, reason);
     }
-    if (bl < 0 || (size_t)bl >= sizeof(body))
+    if (bl < 0 || (size_t)bl >= cap)
         bl = 0;
+    return (size_t)bl;
+}
+
+char *hp_format_response(struct http_proxy *p, int status, const char *ctype, const char *body,
+                         size_t blen, bool keepalive, const struct hp_edit *edits, size_t *len)
+{
     hp_update_dates(p);
-    size_t cap = (size_t)bl + 512;
+    size_t extra = edits ? hp_plugin_emit(edits, NULL) : 0;
+    size_t cap = blen + extra + (ctype ? strlen(ctype) : 0) + 512;
     char *out = malloc(cap);
     if (!out)
         return NULL;
-    int hl = snprintf(out, cap,
-                      "HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
-                      "Connection: %s\r\nServer: airgw\r\n\r\n",
-                      status, reason, p->date_http, ctype, bl, keepalive ? "keep-alive" : "close");
-    if (hl < 0 || (size_t)hl + (size_t)bl >= cap) {
+    size_t hl = 0;
+    int k = snprintf(out, cap, "HTTP/1.1 %d %s\r\n", status, hp_status_reason(status));
+    hl += (size_t)k;
+    if (!hp_plugin_replaced(edits, "date"))
+        hl += (size_t)snprintf(out + hl, cap - hl, "Date: %s\r\n", p->date_http);
+    if (ctype && !hp_plugin_replaced(edits, "content-type"))
+        hl += (size_t)snprintf(out + hl, cap - hl, "Content-Type: %s\r\n", ctype);
+    hl += (size_t)snprintf(out + hl, cap - hl, "Content-Length: %zu\r\nConnection: %s\r\n", blen,
+                           keepalive ? "keep-alive" : "close");
+    if (!hp_plugin_replaced(edits, "server"))
+        hl += (size_t)snprintf(out + hl, cap - hl, "Server: airgw\r\n");
+    if (extra)
+        hl += hp_plugin_emit(edits, out + hl);
+    if (hl + 2 + blen > cap) {
         free(out);
         return NULL;
     }
-    memcpy(out + hl, body, (size_t)bl);
-    *len = (size_t)hl + (size_t)bl;
+    memcpy(out + hl, "\r\n", 2);
+    hl += 2;
+    if (blen)
+        memcpy(out + hl, body, blen);
+    *len = hl + blen;
     return out;
+}
+
+char *hp_local_response(struct http_proxy *p, int status, const char *json_msg, bool keepalive,
+                        size_t *len)
+{
+    char body[512];
+    const char *ctype;
+    size_t bl = hp_default_body(status, json_msg, body, sizeof(body), &ctype);
+    return hp_format_response(p, status, ctype, body, bl, keepalive, NULL, len);
 }
 
 /* ---- access log ---- */

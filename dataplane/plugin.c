@@ -3,6 +3,7 @@
  */
 #include "plugin.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -42,5 +43,106 @@ const struct plugin_def *plugin_find(const char *name)
     return NULL;
 }
 
-/* TODO(framework): plugin_chain_build, plugin_chain_free, plugin_env_set,
- * plugin_env, plugin_env_shutdown. */
+/* ---- chains ---- */
+
+static bool def_has_code(const struct plugin_def *d, bool stream)
+{
+    if (stream)
+        return d->preread || d->stream_log;
+    return d->rewrite || d->access || d->before_proxy || d->header_filter || d->body_filter ||
+           d->log;
+}
+
+/* APISIX's "_meta": {"disable": true} turns a configured plugin off. */
+static bool conf_disabled(const json_t *conf)
+{
+    return json_is_true(json_object_get(json_object_get(conf, "_meta"), "disable"));
+}
+
+static int inst_cmp(const void *a, const void *b)
+{
+    const struct plugin_inst *x = a, *y = b;
+    if (x->def->priority != y->def->priority)
+        return x->def->priority > y->def->priority ? -1 : 1;
+    return strcmp(x->def->name, y->def->name);
+}
+
+struct plugin_chain *plugin_chain_build(const json_t *plugins, const char *owner, bool stream)
+{
+    if (!json_is_object(plugins) || json_object_size(plugins) == 0)
+        return NULL;
+    size_t max = json_object_size(plugins);
+    struct plugin_chain *c = malloc(sizeof(*c) + max * sizeof(c->inst[0]));
+    if (!c) {
+        log_error("%s: out of memory building its plugins", owner);
+        return NULL;
+    }
+    c->n = 0;
+    const char *name;
+    json_t *conf;
+    json_object_foreach((json_t *)plugins, name, conf) {
+        const struct plugin_def *d = plugin_find(name);
+        if (!d) {
+            log_warn("%s: plugin %s skipped: airgw has no code for it", owner, name);
+            continue;
+        }
+        if (!(d->flags & (stream ? PLUGIN_STREAM : PLUGIN_HTTP))) {
+            log_warn("%s: plugin %s skipped: it is not a %s plugin", owner, name,
+                     stream ? "stream" : "HTTP");
+            continue;
+        }
+        if (!def_has_code(d, stream) || conf_disabled(conf))
+            continue;
+        void *state = NULL;
+        if (d->create) {
+            char err[256] = "";
+            struct plugin_create_args a = {.conf = conf, .owner = owner, .plugin = name};
+            if (d->create(&a, &state, err, sizeof(err)) < 0) {
+                log_warn("%s: plugin %s skipped: %s", owner, name, err[0] ? err : "invalid");
+                continue;
+            }
+        }
+        c->inst[c->n++] = (struct plugin_inst){.def = d, .state = state, .conf = conf};
+    }
+    if (c->n == 0) {
+        free(c);
+        return NULL;
+    }
+    qsort(c->inst, c->n, sizeof(c->inst[0]), inst_cmp);
+    return c;
+}
+
+void plugin_chain_free(struct plugin_chain *c)
+{
+    if (!c)
+        return;
+    for (size_t i = 0; i < c->n; i++)
+        if (c->inst[i].def->destroy)
+            c->inst[i].def->destroy(c->inst[i].state);
+    free(c);
+}
+
+/* ---- the worker's environment ---- */
+
+/* Set once per worker process before its first snapshot; the master never
+ * sets it, so its snapshots carry no chains. */
+static struct plugin_env env;
+static bool env_set;
+
+void plugin_env_set(const struct plugin_env *e)
+{
+    env = *e;
+    env_set = true;
+}
+
+const struct plugin_env *plugin_env(void)
+{
+    return env_set ? &env : NULL;
+}
+
+void plugin_env_shutdown(void)
+{
+    for (size_t i = 0; i < sizeof(registry) / sizeof(registry[0]); i++)
+        if (registry[i]->worker_stop)
+            registry[i]->worker_stop();
+}

@@ -13,6 +13,7 @@
 #include "balancer.h"
 #include "health.h"
 #include "log.h"
+#include "plugin.h"
 #include "router.h"
 
 #define DEFAULT_TIMEOUT_MS 60000
@@ -217,9 +218,15 @@ static json_t *merge_route(const json_t *res, const json_t *route, const char *r
     json_t *svc = lookup(res, "services", sid);
     if (sid && !svc)
         log_warn("route %s: service %s does not exist; serving the route without it", rid, sid);
+    /* APISIX merges the plugin_config under the route first, then the
+     * service under both: route > plugin_config > service. */
+    json_t *pc = lookup(res, "plugin_configs", pcid);
+    if (pc)
+        json_object_set_new(m, "plugins", merge_plugins(json_object_get(pc, "plugins"),
+                                                        json_object_get(route, "plugins")));
     if (svc) {
         json_object_set_new(m, "plugins", merge_plugins(json_object_get(svc, "plugins"),
-                                                        json_object_get(route, "plugins")));
+                                                        json_object_get(m, "plugins")));
         if (!json_object_get(route, "host") && !json_object_get(route, "hosts") &&
             json_object_get(svc, "hosts"))
             json_object_set(m, "hosts", json_object_get(svc, "hosts"));
@@ -233,10 +240,6 @@ static json_t *merge_route(const json_t *res, const json_t *route, const char *r
             json_object_get(svc, "enable_websocket"))
             json_object_set(m, "enable_websocket", json_object_get(svc, "enable_websocket"));
     }
-    json_t *pc = lookup(res, "plugin_configs", pcid);
-    if (pc)
-        json_object_set_new(m, "plugins", merge_plugins(json_object_get(pc, "plugins"),
-                                                        json_object_get(m, "plugins")));
     if (!json_is_object(json_object_get(m, "plugins")))
         json_object_set_new(m, "plugins", json_object());
     return m;
@@ -246,6 +249,7 @@ static void sroute_free(struct stream_route_rt *r)
 {
     if (!r)
         return;
+    plugin_chain_free(r->chain);
     json_decref(r->conf);
     free(r);
 }
@@ -254,6 +258,7 @@ static void route_free(struct route_rt *r)
 {
     if (!r)
         return;
+    plugin_chain_free(r->chain);
     json_decref(r->conf);
     free(r);
 }
@@ -305,6 +310,9 @@ static int compile_route(struct snapshot *s, const char *rid, const json_t *rout
     }
     s->routes = a;
     a[s->nroutes++] = r;
+    /* Plugin code runs only in workers (see plugin.h). */
+    if (plugin_env())
+        r->chain = plugin_chain_build(r->plugins, own, false);
     return 0;
 }
 
@@ -372,6 +380,8 @@ static int compile_stream_route(struct snapshot *s, const char *rid, const json_
     }
     if (r->up && (r->up->scheme == UP_HTTP || r->up->scheme == UP_HTTPS))
         r->up->scheme = r->up->scheme == UP_HTTP ? UP_TCP : UP_TLS;
+    if (plugin_env())
+        r->chain = plugin_chain_build(json_object_get(m, "plugins"), upid, true);
     struct stream_route_rt **a = realloc(s->sroutes, (s->nsroutes + 1) * sizeof(*a));
     if (!a) {
         sroute_free(r);
@@ -433,6 +443,179 @@ const struct stream_route_rt *snapshot_stream_match(const struct snapshot *s,
     return NULL;
 }
 
+/* Ids in APISIX's order: numeric ids by value, then the others by bytes. */
+static int id_cmp(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    bool na = la && strspn(a, "0123456789") == la, nb = lb && strspn(b, "0123456789") == lb;
+    if (na != nb)
+        return na ? -1 : 1;
+    if (na && la != lb)
+        return la < lb ? -1 : 1;
+    return strcmp(a, b);
+}
+
+struct idval {
+    const char *id;
+    json_t *v;
+};
+
+static int idval_cmp(const void *a, const void *b)
+{
+    return id_cmp(((const struct idval *)a)->id, ((const struct idval *)b)->id);
+}
+
+/* The global rules' chains, in id order (APISIX runs them so). */
+static int compile_global_rules(struct snapshot *s)
+{
+    size_t n = 0, cap = 0;
+    struct idval *g = NULL;
+    const char *key;
+    json_t *v;
+    char coll[32];
+    const char *id;
+    json_object_foreach(s->resources, key, v) {
+        if (collection_of(key, coll, sizeof(coll), &id) < 0 || strcmp(coll, "global_rules") != 0)
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 8;
+            struct idval *ng = realloc(g, cap * sizeof(*ng));
+            if (!ng) {
+                free(g);
+                return -ENOMEM;
+            }
+            g = ng;
+        }
+        g[n++] = (struct idval){id, v};
+    }
+    if (n > 1)
+        qsort(g, n, sizeof(*g), idval_cmp);
+    for (size_t i = 0; i < n; i++)
+        json_array_append(s->global_rules, g[i].v);
+    if (plugin_env() && n) {
+        s->gchains = calloc(n, sizeof(*s->gchains));
+        if (!s->gchains) {
+            free(g);
+            return -ENOMEM;
+        }
+        for (size_t i = 0; i < n; i++) {
+            char own[96];
+            snprintf(own, sizeof(own), "global_rule/%s", g[i].id);
+            struct plugin_chain *c =
+                plugin_chain_build(json_object_get(g[i].v, "plugins"), own, false);
+            if (c)
+                s->gchains[s->ngchains++] = c;
+        }
+    }
+    free(g);
+    return 0;
+}
+
+static int consumer_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct consumer_rt *)a)->username,
+                  ((const struct consumer_rt *)b)->username);
+}
+
+static int ckey_cmp(const void *a, const void *b)
+{
+    const struct consumer_key *x = a, *y = b;
+    int c = strcmp(x->plugin, y->plugin);
+    return c ? c : strcmp(x->value, y->value);
+}
+
+/* Credential fields indexed for snapshot_consumer_by. */
+static const struct {
+    const char *plugin, *field;
+} cred_fields[] = {
+    {"key-auth", "key"},
+    {"basic-auth", "username"},
+    {"mqtt-auth", "cert_subject"},
+    {"mqtt-auth", "cert_cn"},
+};
+#define NCRED (sizeof(cred_fields) / sizeof(cred_fields[0]))
+
+/* Consumers, sorted by name, and the index of their credentials. */
+static int compile_consumers(struct snapshot *s)
+{
+    const char *key;
+    json_t *v;
+    char coll[32];
+    const char *id;
+    size_t n = 0;
+    json_object_foreach(s->resources, key, v) {
+        if (collection_of(key, coll, sizeof(coll), &id) == 0 && strcmp(coll, "consumers") == 0 &&
+            json_is_object(v))
+            n++;
+    }
+    if (n == 0)
+        return 0;
+    s->consumers = calloc(n, sizeof(*s->consumers));
+    s->ckeys = calloc(n * NCRED, sizeof(*s->ckeys));
+    if (!s->consumers || !s->ckeys)
+        return -ENOMEM;
+    json_object_foreach(s->resources, key, v) {
+        if (collection_of(key, coll, sizeof(coll), &id) < 0 || strcmp(coll, "consumers") != 0 ||
+            !json_is_object(v))
+            continue;
+        struct consumer_rt *c = &s->consumers[s->nconsumers++];
+        const char *un = json_string_value(json_object_get(v, "username"));
+        c->username = un ? un : id;
+        c->conf = v;
+        c->plugins = json_object_get(v, "plugins");
+        if (!json_is_object(c->plugins))
+            c->plugins = s->no_plugins;
+    }
+    qsort(s->consumers, s->nconsumers, sizeof(*s->consumers), consumer_cmp);
+    for (size_t i = 0; i < s->nconsumers; i++) {
+        const struct consumer_rt *c = &s->consumers[i];
+        for (size_t k = 0; k < NCRED; k++) {
+            const char *val = json_string_value(
+                json_object_get(json_object_get(c->plugins, cred_fields[k].plugin),
+                                cred_fields[k].field));
+            if (val)
+                s->ckeys[s->nckeys++] =
+                    (struct consumer_key){.plugin = cred_fields[k].plugin, .value = val, .c = c};
+        }
+    }
+    if (s->nckeys > 1)
+        qsort(s->ckeys, s->nckeys, sizeof(*s->ckeys), ckey_cmp);
+    for (size_t i = 1; i < s->nckeys; i++)
+        if (ckey_cmp(&s->ckeys[i - 1], &s->ckeys[i]) == 0)
+            log_warn("consumers %s and %s share a %s credential; %s is used",
+                     s->ckeys[i - 1].c->username, s->ckeys[i].c->username, s->ckeys[i].plugin,
+                     s->ckeys[i - 1].c->username);
+    return 0;
+}
+
+const struct consumer_rt *snapshot_consumer_by(const struct snapshot *s, const char *plugin,
+                                               const char *value)
+{
+    if (!s || !plugin || !value || s->nckeys == 0)
+        return NULL;
+    /* The first of equal keys: lower bound. */
+    size_t lo = 0, hi = s->nckeys;
+    struct consumer_key k = {.plugin = plugin, .value = value};
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (ckey_cmp(&s->ckeys[mid], &k) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo < s->nckeys && ckey_cmp(&s->ckeys[lo], &k) == 0)
+        return s->ckeys[lo].c;
+    return NULL;
+}
+
+const struct consumer_rt *snapshot_consumer(const struct snapshot *s, const char *username)
+{
+    if (!s || !username || s->nconsumers == 0)
+        return NULL;
+    struct consumer_rt k = {.username = username};
+    return bsearch(&k, s->consumers, s->nconsumers, sizeof(k), consumer_cmp);
+}
+
 struct snapshot *snapshot_build(json_t *resources, int64_t revision)
 {
     struct snapshot *s = calloc(1, sizeof(*s));
@@ -443,8 +626,9 @@ struct snapshot *snapshot_build(json_t *resources, int64_t revision)
     s->resources = json_incref(resources);
     s->global_rules = json_array();
     s->stream_routes = json_array();
+    s->no_plugins = json_object();
     s->router = router_new();
-    if (!s->router)
+    if (!s->router || !s->global_rules || !s->stream_routes || !s->no_plugins)
         goto fail;
     const char *key;
     json_t *v;
@@ -466,8 +650,6 @@ struct snapshot *snapshot_build(json_t *resources, int64_t revision)
         if (strcmp(coll, "routes") == 0) {
             if (compile_route(s, id, v) < 0)
                 goto fail;
-        } else if (strcmp(coll, "global_rules") == 0) {
-            json_array_append(s->global_rules, v);
         } else if (strcmp(coll, "stream_routes") == 0) {
             json_array_append(s->stream_routes, v);
             if (compile_stream_route(s, id, v) < 0)
@@ -476,6 +658,8 @@ struct snapshot *snapshot_build(json_t *resources, int64_t revision)
     }
     if (s->nsroutes > 1)
         qsort(s->sroutes, s->nsroutes, sizeof(*s->sroutes), sroute_cmp);
+    if (compile_global_rules(s) < 0 || compile_consumers(s) < 0)
+        goto fail;
     if (router_build(s->router) < 0)
         goto fail;
     return s;
@@ -499,6 +683,12 @@ void snapshot_unref(struct snapshot *s)
     for (size_t i = 0; i < s->nsroutes; i++)
         sroute_free(s->sroutes[i]);
     free(s->sroutes);
+    for (size_t i = 0; i < s->ngchains; i++)
+        plugin_chain_free(s->gchains[i]);
+    free(s->gchains);
+    free(s->consumers);
+    free(s->ckeys);
+    json_decref(s->no_plugins);
     json_decref(s->global_rules);
     json_decref(s->stream_routes);
     json_decref(s->resources);

@@ -28,7 +28,9 @@ enum up_scheme { UP_HTTP = 0, UP_HTTPS, UP_GRPC, UP_GRPCS, UP_TCP, UP_TLS, UP_UD
 enum pass_host { PASS_HOST_PASS = 0, PASS_HOST_NODE, PASS_HOST_REWRITE };
 enum hash_on { HASH_VARS = 0, HASH_HEADER, HASH_COOKIE, HASH_CONSUMER, HASH_VARS_COMBINATIONS };
 
-struct balancer; /* dataplane/balancer.h */
+struct balancer;     /* dataplane/balancer.h */
+struct plugin_chain; /* dataplane/plugin.h */
+struct consumer_rt;  /* dataplane/plugin.h */
 
 /* Timeouts in milliseconds. */
 struct timeouts {
@@ -66,6 +68,7 @@ struct route_rt {
     bool enable_websocket;     /* pass Upgrade: websocket through */
     json_t *plugins;           /* merged plugins object (never NULL; may be empty) */
     json_t *conf;              /* the merged route (owned by the snapshot) */
+    struct plugin_chain *chain;/* its plugins ("route/<id>"), or NULL: none, or not a worker */
 };
 
 /* One node chosen for one attempt. */
@@ -105,6 +108,14 @@ struct stream_route_rt {
     int mqtt_level;                  /* required level, or -1: any supported */
     struct upstream_rt *up;          /* NULL: no upstream (connections are closed) */
     json_t *conf;                    /* the merged stream route (owned) */
+    struct plugin_chain *chain;      /* stream plugins ("stream_route/<id>"), or NULL */
+};
+
+/* A credential of a consumer, for snapshot_consumer_by. */
+struct consumer_key {
+    const char *plugin;            /* "key-auth" */
+    const char *value;             /* the consumer's plugins.<plugin>.<field> */
+    const struct consumer_rt *c;   /* its consumer */
 };
 
 struct snapshot {
@@ -120,6 +131,14 @@ struct snapshot {
     json_t *stream_routes;     /* array of stream_route objects as stored (owned) */
     struct stream_route_rt **sroutes; /* compiled stream routes, SNI routes first */
     size_t nsroutes;
+    struct plugin_chain **gchains; /* global rules' chains in id order ("global_rule/<id>");
+                                      only rules with a chain (workers only) */
+    size_t ngchains;
+    struct consumer_rt *consumers; /* compiled consumers, sorted by username */
+    size_t nconsumers;
+    struct consumer_key *ckeys;    /* credentials, sorted by (plugin, value) */
+    size_t nckeys;
+    json_t *no_plugins;            /* {} for consumers without plugins (owned) */
 };
 
 /* Compiles resources (an object of key -> resource value; a reference is

@@ -22,6 +22,7 @@
 #include "health.h"
 #include "log.h"
 #include "metrics.h"
+#include "plugin.h"
 #include "snapshot.h"
 #include "stream_proxy.h"
 #include "tls.h"
@@ -159,6 +160,7 @@ static void finish(struct worker *w)
     for (size_t i = 0; i < w->nstreams; i++)
         stream_proxy_free(w->streams[i]);
     w->nstreams = 0;
+    plugin_env_shutdown();
     if (!uv_is_closing((uv_handle_t *)&w->chan))
         uv_close((uv_handle_t *)&w->chan, NULL);
     uv_close((uv_handle_t *)&w->sig_term, NULL);
@@ -327,6 +329,11 @@ int worker_main(int argc, char **argv)
         w->health = health_table_attach(atoi(hfd));
         snapshot_set_health(w->health);
     }
+
+    /* Plugins run in workers only, set up before the first snapshot. */
+    struct plugin_env penv = {.loop = &w->loop, .worker_id = w->s.worker_index,
+                              .nworkers = w->s.workers, .metrics = w->metrics, .limits = NULL};
+    plugin_env_set(&penv);
 
     /* An empty snapshot until the master's arrives: every request is a 404. */
     json_t *empty = json_object();
