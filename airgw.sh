@@ -20,7 +20,9 @@ DATA=${AIRGW_DATA:-$ROOT/airgw-data}
 RUN_PKGS="gcc meson ninja-build pkg-config python3 curl libuv1-dev libmicrohttpd-dev libcurl4-openssl-dev libssl-dev
   libsqlite3-dev libjansson-dev libyaml-dev libpcre2-dev node-llhttp android-libboringssl-dev"
 TEST_PKGS="clang libclang-rt-14-dev sqlite3 openssl mosquitto mosquitto-clients etcd-server
-           etcd-client docker-compose iproute2"
+           etcd-client docker-compose iproute2 systemd"
+# npm packages the tests use (pinned): the Dockerfile linter of tests/e2e/test_deploy_files.py.
+TEST_NPM="dockerfile-utils@0.16.3"
 # The peers the benchmarks compare against, and the load generator.
 BENCH_PKGS="nginx libnginx-mod-stream haproxy wrk"
 
@@ -37,6 +39,20 @@ install_pkgs() {
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
         "${missing[@]}" >/dev/null
+}
+
+install_npm() { # global npm packages NAME@VERSION, only those missing
+    # Debian's npm only when no npm is there (a nodejs that bundles npm conflicts with it).
+    command -v npm >/dev/null || install_pkgs npm
+    local missing=()
+    for p in "$@"; do
+        npm ls -g --depth=0 "$p" >/dev/null 2>&1 || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "installing (npm): ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo npm install -g --silent --no-audit --no-fund "${missing[@]}" >/dev/null
 }
 
 build() { # build DIR [meson options...]
@@ -132,6 +148,7 @@ cmd_status() {
 
 cmd_test() {
     install_pkgs $RUN_PKGS $TEST_PKGS
+    install_npm $TEST_NPM
     exec python3 tests/run_all.py "$@"
 }
 

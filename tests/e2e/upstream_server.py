@@ -3,10 +3,10 @@
 A small real HTTP/1.1 upstream for the data plane's end-to-end tests
 (Python standard library only, one thread per connection).
 
-  python3 upstream_server.py [--port P] [--name NAME] [--delay-all S]
-                            [--idle-timeout S]
+  python3 upstream_server.py [--port P] [--host ADDR] [--name NAME]
+                            [--delay-all S] [--idle-timeout S]
 
-Listens on 127.0.0.1:P (0, the default, picks a free port) and prints one
+Listens on 127.0.0.1:P (or ADDR:P) (0, the default, picks a free port) and prints one
 line "upstream NAME listening on 127.0.0.1:PORT" on stdout once it accepts.
 Every response carries "X-Upstream: NAME". Requests on a connection are
 served in order (keep-alive and pipelining work); HTTP/1.1 connections stay
@@ -523,6 +523,7 @@ def ws_read_frame(rd):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--host", default="127.0.0.1")  # another address: the netns test
     ap.add_argument("--name", default="upstream")
     ap.add_argument("--delay-all", type=float, default=0.0)
     ap.add_argument("--idle-timeout", type=float, default=0.0)
@@ -530,9 +531,9 @@ def main():
     srv = Server(o.name, o.delay_all, o.idle_timeout)
     ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind(("127.0.0.1", o.port))
+    ls.bind((o.host, o.port))
     ls.listen(512)
-    print("upstream %s listening on 127.0.0.1:%d" % (o.name, ls.getsockname()[1]), flush=True)
+    print("upstream %s listening on %s:%d" % (o.name, o.host, ls.getsockname()[1]), flush=True)
     while True:
         try:
             s, peer = ls.accept()
