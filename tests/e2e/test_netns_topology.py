@@ -15,6 +15,10 @@ root namespace's networking is never touched). Hosts, on 10.231.0.0/24:
   device .61                        curl, mosquitto_pub, mosquitto_sub (also the
                                     operator: Admin API calls come from here)
 
+The config stream between the hosts runs over TLS with client certificates, as
+docs/operations.md advises (a CA made with openssl(1); each control plane's
+certificate names its IP, each data plane has its own client certificate).
+
 Checks: a route written through either control plane carries HTTP and MQTT
 (stream route with mqtt-proxy) device traffic through either data plane;
 stopping a control plane stops no traffic and the other one still takes
@@ -283,6 +287,34 @@ class Topology:
     def etcd_urls(self):
         return ",".join("http://%s:2379" % ip(r) for r in ("etcd1", "etcd2", "etcd3"))
 
+    def make_certs(self):
+        """A CA, a server certificate per control plane (IP SAN), a client
+        certificate per data plane; PEM files in self.pki."""
+        self.pki = new_tmpdir("ns-pki")
+
+        def ossl(*args):
+            p = subprocess.run(["openssl"] + list(args), cwd=self.pki, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+            check(p.returncode == 0, "openssl %s: %s" % (args[0], p.stderr.decode()[-300:]))
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+        ossl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "30",
+             "-subj", "/CN=airgw netns CA", "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        leaves = {r: "subjectAltName=IP:%s\nextendedKeyUsage=serverAuth\n" % ip(r)
+                  for r in ("cp1", "cp2")}
+        leaves.update({r: "extendedKeyUsage=clientAuth\n" for r in ("dp1", "dp2")})
+        for name, ext in leaves.items():
+            with open(os.path.join(self.pki, name + ".ext"), "w") as f:
+                f.write(ext)
+            ossl("req", *ec, "-keyout", name + ".key", "-out", name + ".csr",
+                 "-subj", "/CN=%s/O=airgw netns" % name)
+            ossl("x509", "-req", "-in", name + ".csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-days", "30", "-extfile", name + ".ext", "-out",
+                 name + ".crt")
+
+    def pem(self, name):
+        return os.path.join(self.pki, name)
+
     def start_cp(self, role):
         conf = os.path.join(new_tmpdir("ns-conf"), "controlplane.yaml")
         with open(conf, "w") as f:
@@ -293,9 +325,11 @@ class Topology:
                     "  config_stream:\n"
                     "    listen: %s:%d\n"
                     "    heartbeat_interval: 1\n"
+                    "    tls: {cert: %s, key: %s, client_ca: %s}\n"
                     "  store: etcd:%s\n"
                     "  log_level: info\n" % (ip(role), ADMIN_PORT, NET, ip(role), STREAM_PORT,
-                                             self.etcd_urls()))
+                                             self.pem(role + ".crt"), self.pem(role + ".key"),
+                                             self.pem("ca.crt"), self.etcd_urls()))
         p = self.start(role, role, [Settings.cp_bin(), "-c", conf, "--admin-key", self.key,
                                     "--state-dir", new_tmpdir("ns-state-" + role)],
                        daemon=True)
@@ -313,8 +347,12 @@ class Topology:
 
     def start_dp(self, role, cps):
         cplist = ",".join("%s:%d" % (ip(c), STREAM_PORT) for c in cps)
+        conf = os.path.join(new_tmpdir("ns-conf"), "dataplane.yaml")
+        with open(conf, "w") as f:
+            f.write("dataplane:\n  control_plane_tls: {ca: %s, cert: %s, key: %s}\n" % (
+                self.pem("ca.crt"), self.pem(role + ".crt"), self.pem(role + ".key")))
         return self.start(role, role, [
-            dp_bin(), "--control-plane", cplist, "--node-id", role, "--workers", "1",
+            dp_bin(), "-c", conf, "--control-plane", cplist, "--node-id", role, "--workers", "1",
             "--http-listen", "%s:%d" % (ip(role), HTTP_PORT), "--https-listen", "off",
             "--stream-listen", "%s:%d" % (ip(role), MQTT_PORT),
             "--metrics-listen", "127.0.0.1:9091",
@@ -324,10 +362,11 @@ class Topology:
         self.build()
         missing = [b for b in (etcd_harness.ETCD_BIN, Settings.cp_bin(), dp_bin())
                    if not os.access(b, os.X_OK)]
-        for tool in ("curl", "mosquitto_pub", "mosquitto_sub"):
+        for tool in ("curl", "mosquitto_pub", "mosquitto_sub", "openssl"):
             if shutil.which(tool) is None:
                 missing.append(tool)
         check(not missing, "missing programs: %s" % ", ".join(missing))
+        self.make_certs()
         mosq = mosquitto_bin()
         conf = os.path.join(new_tmpdir("ns-mosq"), "mosquitto.conf")
         with open(conf, "w") as f:
@@ -420,6 +459,9 @@ def test_topology_comes_up(ctx):
             return any(dp in json.dumps(x) for x in (j.get("list") or []))
         check(wait_until(listed, T(10), interval=0.2),
               "%s does not list data plane %s as a subscriber" % (cp, dp))
+        # Over TLS, and the control plane saw the data plane's own certificate.
+        t.procs[cp].wait_log(r'client certificate "[^"]*CN ?= ?%s\b' % dp, 5,
+                             "TLS client certificate of %s" % dp)
 
 
 def test_http_route_through_either_control_plane_and_data_plane(ctx):
