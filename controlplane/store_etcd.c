@@ -610,7 +610,7 @@ static int call(struct conn *c, const char *path, const json_t *req, uint64_t bu
     }
     /* Next time start with the endpoint after the one that failed first. */
     c->ep = (c->ep + 1) % e->neps;
-    snprintf(err, errlen, "no endpoint answered within %.1f s: %s",
+    snprintf(err, errlen, "no endpoint answered (timeout %.1f s): %s",
              (double)budget_ms / 1000.0, tried);
     rc = -EIO;
 out:
