@@ -735,6 +735,67 @@ static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *
     return remove(p);
 }
 
+static void test_guards_ttl_and_list_at(void)
+{
+    store *s = open_db("guards.db", 100);
+    REQUIRE(s);
+    struct store_item up = {0}, it = {0};
+    REQUIRE(store_put(s, "/apisix/upstreams/u1", "{}", STORE_ABSENT, &up) == 0);
+    struct store_guard g = {STORE_GUARD_CREATED, "/apisix/upstreams/u1", up.create_rev};
+    struct store_write w = {.expect_mod_rev = STORE_ABSENT, .guards = &g, .nguards = 1};
+    CHECK(store_put_ex(s, "/apisix/routes/1", "r1", &w, NULL) == 0);
+    /* Deleted and made again: another create_rev, the guard fails and
+     * nothing is written (the revision does not move). */
+    REQUIRE(store_delete(s, "/apisix/upstreams/u1", STORE_ANY, NULL) == 0);
+    REQUIRE(store_put(s, "/apisix/upstreams/u1", "{}", STORE_ABSENT, &it) == 0);
+    int64_t u1_mod = it.mod_rev;
+    store_item_clear(&it);
+    int64_t rev = store_revision(s);
+    CHECK(store_put_ex(s, "/apisix/routes/2", "r2", &w, NULL) == -ESTALE);
+    CHECK(store_get(s, "/apisix/routes/2", &it) == -ENOENT);
+    CHECK(store_revision(s) == rev);
+    /* Guard rev 0: the key must be absent. */
+    struct store_guard absent = {STORE_GUARD_CREATED, "/apisix/upstreams/none", 0};
+    struct store_write wa = {.expect_mod_rev = STORE_ANY, .guards = &absent, .nguards = 1};
+    CHECK(store_put_ex(s, "/apisix/routes/3", "r3", &wa, NULL) == 0);
+
+    /* Delete protection: nothing under routes/ changed since read_rev. */
+    struct collected c = {0};
+    int64_t read_rev = 0;
+    CHECK(store_list_at(s, "/apisix/routes/", 0, collect_item, &c, &read_rev) == 0);
+    CHECK(read_rev == store_revision(s) && c.n == 2);
+    struct store_guard pg = {STORE_GUARD_UNCHANGED, "/apisix/routes/", read_rev};
+    struct store_write dw = {.expect_mod_rev = u1_mod, .guards = &pg, .nguards = 1};
+    REQUIRE(store_put(s, "/apisix/routes/9", "new", STORE_ANY, NULL) == 0);
+    CHECK(store_delete_ex(s, "/apisix/upstreams/u1", &dw, NULL) == -ESTALE);
+    CHECK(store_get(s, "/apisix/upstreams/u1", &it) == 0);
+    store_item_clear(&it);
+    /* A change elsewhere (a prefix sibling) does not count. */
+    pg.rev = store_revision(s);
+    REQUIRE(store_put(s, "/apisix/routes_x/1", "x", STORE_ANY, NULL) == 0);
+    CHECK(store_delete_ex(s, "/apisix/upstreams/u1", &dw, NULL) == 0);
+
+    /* list_at: only the current revision can be read. */
+    memset(&c, 0, sizeof(c));
+    CHECK(store_list_at(s, "/apisix/routes/", store_revision(s), collect_item, &c, NULL) == 0);
+    CHECK(c.n == 3);
+    CHECK(store_list_at(s, "/apisix/routes/", 1, collect_item, &c, NULL) == -ERANGE);
+
+    /* No leases here: a ttl is refused, clearly, with nothing written. */
+    struct store_write tw = {.expect_mod_rev = STORE_ANY, .ttl = 10};
+    rev = store_revision(s);
+    CHECK(store_put_ex(s, "/apisix/routes/t", "t", &tw, NULL) == -ENOTSUP);
+    CHECK_CONTAINS(s->errmsg, "ttl is only supported with the etcd store");
+    CHECK(store_revision(s) == rev);
+    /* The SQLite store has no loop work: start/stop/request are no-ops. */
+    CHECK(store_start(s, NULL, NULL, 0) == 0);
+    store_request_begin(s);
+    store_request_end(s);
+    store_stop(s);
+    store_item_clear(&up);
+    store_close(s);
+}
+
 int main(void)
 {
     if (!mkdtemp(tmpdir)) {
@@ -756,6 +817,7 @@ int main(void)
     RUN(test_wal_and_schema);
     RUN(test_crash_durability);
     RUN(test_memory_store);
+    RUN(test_guards_ttl_and_list_at);
     nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     return check_summary();
 }
