@@ -403,6 +403,46 @@ def test_dockerfile_stages(ctx):
                     check(os.path.exists(os.path.join(ROOT, src)), "COPY source %s" % src)
 
 
+def test_dockerfile_build_stage_sources_configure(ctx):
+    """What the build stage COPYs is enough for meson: the sources are put where
+    the Dockerfile puts them, `meson setup` as its RUN does, and the ninja
+    targets the RUN names exist (no compile: the gcc build covers that)."""
+    first = stages()[0][1]
+    workdir = [i.split()[1] for i in first if i.upper().startswith("WORKDIR ")]
+    check(workdir, "the build stage has a WORKDIR")
+    src = os.path.join(ctx.tmpdir(), "src")
+    os.makedirs(src)
+    for i in first:
+        if not i.upper().startswith("COPY "):
+            continue
+        args = i.split()[1:]
+        dst = args[-1]
+        dst = dst if dst.startswith("/") else os.path.join(workdir[-1], dst)
+        check(dst.rstrip("/").startswith(workdir[-1]), "COPY into %s" % workdir[-1])
+        rel = os.path.relpath(dst, workdir[-1])
+        for a in args[:-1]:
+            here = os.path.join(ROOT, a)
+            target = os.path.join(src, rel)
+            if os.path.isdir(here):
+                shutil.copytree(here, target, dirs_exist_ok=True,
+                                ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                os.makedirs(target, exist_ok=True)
+                shutil.copy(here, target)
+    run = [i for i in first if "meson setup" in i]
+    check(len(run) == 1, "one RUN with meson setup in the build stage")
+    m = re.search(r"meson setup (\S+) (\S+)((?: -\S+)*)", run[0])
+    check(m and m.group(2) == workdir[-1], "meson setup of %s: %s" % (workdir[-1], run[0]))
+    build = os.path.join(ctx.tmpdir(), "build")
+    rc, out, err = ctx.run(["meson", "setup", build, src] + m.group(3).split(), timeout=60)
+    eq(rc, 0, "meson setup on the build stage's sources (%s)" % (err or out)[-600:])
+    targets = re.search(r"ninja -C \S+ ([^&]+)", run[0]).group(1).split()
+    rc, out, err = ctx.run(["ninja", "-C", build, "-t", "targets", "all"], timeout=30)
+    known = {ln.split(":")[0] for ln in out.splitlines()}
+    for t in targets:
+        check(t in known, "ninja target %s exists" % t)
+
+
 def test_dockerfile_runtime_has_every_library_the_binaries_load(ctx):
     """NEEDED libraries of the built daemons -> their Debian packages, each
     installed by the runtime stage (or already in debian:12-slim)."""
