@@ -1137,6 +1137,12 @@ static void watch_message(struct etcd_store *e, const char *line, size_t len)
     if (err) {
         const char *m = json_string_value(json_object_get(err, "message"));
         snprintf(e->w_err, sizeof(e->w_err), "watch error: %s", m ? m : "unknown");
+        if (jint(err, "grpc_code") == 16 || (m && strstr(m, "auth"))) {
+            pthread_mutex_lock(&e->mu);
+            free(e->token);
+            e->token = NULL;
+            pthread_mutex_unlock(&e->mu);
+        }
         e->w_state = WS_ERROR;
         json_decref(j);
         return;
@@ -1281,6 +1287,10 @@ static void watch_once(struct etcd_store *e, size_t ep)
     }
     setup_handle(e, h, url);
     struct curl_slist *hd = make_headers(e, true);
+    /* etcd's "require leader" (gRPC metadata through the gateway): a member
+     * cut off from its cluster cancels the watch instead of going quiet, and
+     * we move on to another endpoint. */
+    hd = curl_slist_append(hd, "Grpc-Metadata-hasleader: true");
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, hd);
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_watch_data);

@@ -854,6 +854,115 @@ static void test_authentication(void)
     CHECK(ctl(NULL, 0, "--user=root:rootpw", "auth", "disable", NULL) == 0);
 }
 
+/* Makes a CA, a server certificate for 127.0.0.1 (usable as a client too:
+ * etcd's gateway dials etcd with it) and a client certificate, in tmpdir. */
+static int make_certs(void)
+{
+    char cmd[4096];
+    snprintf(cmd, sizeof(cmd),
+             "cd %s && "
+             "printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n' "
+             "> srv.ext && printf 'extendedKeyUsage=clientAuth\n' > cli.ext && "
+             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+             "-keyout ca.key -out ca.pem -days 2 -subj /CN=airgw-test-ca && "
+             "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+             "-keyout srv.key -out srv.csr -subj /CN=127.0.0.1 && "
+             "openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+             "-out srv.pem -days 2 -extfile srv.ext && "
+             "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+             "-keyout cli.key -out cli.csr -subj /CN=airgw && "
+             "openssl x509 -req -in cli.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+             "-out cli.pem -days 2 -extfile cli.ext",
+             tmpdir);
+    char quiet[4200];
+    snprintf(quiet, sizeof(quiet), "(%s) > %s/openssl.log 2>&1", cmd, tmpdir);
+    return system(quiet) == 0 ? 0 : -1;
+}
+
+static void test_tls_with_client_certificates(void)
+{
+    REQUIRE(make_certs() == 0);
+    int cport = free_port(), pport = free_port();
+    char curls[64], purls[64], cluster[96], data[256], log[256], f[4][256];
+    snprintf(curls, sizeof(curls), "https://127.0.0.1:%d", cport);
+    snprintf(purls, sizeof(purls), "http://127.0.0.1:%d", pport);
+    snprintf(cluster, sizeof(cluster), "tls=%s", purls);
+    snprintf(data, sizeof(data), "%s/etcd-tls", tmpdir);
+    snprintf(log, sizeof(log), "%s/etcd-tls.log", tmpdir);
+    const char *names[4] = {"ca.pem", "srv.pem", "srv.key", "cli.pem"};
+    for (int i = 0; i < 4; i++)
+        snprintf(f[i], sizeof(f[i]), "%s/%s", tmpdir, names[i]);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        execl(ETCD_BIN, "etcd", "--name", "tls", "--data-dir", data, "--listen-client-urls",
+              curls, "--advertise-client-urls", curls, "--listen-peer-urls", purls,
+              "--initial-advertise-peer-urls", purls, "--initial-cluster", cluster,
+              "--cert-file", f[1], "--key-file", f[2], "--trusted-ca-file", f[0],
+              "--client-cert-auth", "--log-level", "error", (char *)NULL);
+        _exit(127);
+    }
+    char cli_key[256];
+    snprintf(cli_key, sizeof(cli_key), "%s/cli.key", tmpdir);
+    struct store_etcd_opts o = {.endpoints = curls, .prefix = "/t-tls", .timeout = 5,
+                                .tls_cert = f[3], .tls_key = cli_key, .tls_ca = f[0],
+                                .tls_verify = 1, .history = 10};
+    /* Wait for it: the store answers once etcd does. */
+    store *s = NULL;
+    char err[512] = "";
+    for (int i = 0; i < 100; i++) {
+        if (store_etcd_open(&o, &s, err, sizeof(err)) == 0 && store_revision(s) > 0)
+            break;
+        if (s)
+            store_close(s);
+        s = NULL;
+        usleep(50 * 1000);
+    }
+    CHECK(s != NULL);
+    if (s) {
+        uv_loop_t loop;
+        uv_loop_init(&loop);
+        struct seen w = {0};
+        store_set_watch(s, on_watch, &w);
+        CHECK(store_start(s, &loop, err, sizeof(err)) == 0);
+        CHECK(store_put(s, "/apisix/routes/1", "over tls", STORE_ANY, NULL) == 0);
+        struct store_item it = {0};
+        CHECK(store_get(s, "/apisix/routes/1", &it) == 0);
+        CHECK_STREQ(it.value, "over tls");
+        store_item_clear(&it);
+        run_until(&loop, &w.n, 1, 5000);
+        CHECK(w.n == 1);
+        finish(s, &loop);
+
+        /* Without our CA, etcd's certificate is not trusted. */
+        o.tls_ca = NULL;
+        s = NULL;
+        CHECK(store_etcd_open(&o, &s, err, sizeof(err)) == 0);
+        if (s) {
+            CHECK(store_get(s, "/apisix/routes/1", &it) == -EIO);
+            CHECK_CONTAINS(s->errmsg, "certificate");
+            store_close(s);
+        }
+        /* Without a client certificate etcd refuses us. */
+        o.tls_ca = f[0];
+        o.tls_cert = o.tls_key = NULL;
+        s = NULL;
+        CHECK(store_etcd_open(&o, &s, err, sizeof(err)) == 0);
+        if (s) {
+            CHECK(store_get(s, "/apisix/routes/1", &it) == -EIO);
+            CHECK_CONTAINS(s->errmsg, curls);
+            store_close(s);
+        }
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+}
+
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
 {
     (void)sb, (void)flag, (void)ftw;
@@ -891,6 +1000,7 @@ int main(void)
         RUN(test_etcd_down_and_back);
         RUN(test_unreachable_at_open_then_recovers);
         RUN(test_authentication);
+        RUN(test_tls_with_client_certificates);
     }
     etcd_kill();
     nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
