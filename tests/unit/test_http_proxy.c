@@ -19,6 +19,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,7 @@
 #include "http_conn.h"
 #include "http_proxy.h"
 #include "log.h"
+#include "plugin.h"
 #include "snapshot.h"
 
 /* ------------------------------------------------------------------ */
@@ -2254,6 +2256,430 @@ static const char *only; /* run only tests whose name contains this */
             RUN(fn);                                                                               \
     } while (0)
 
+/* ------------------------------------------------------------------ */
+/* Plugins: the phase runner with test plugins                         */
+/* ------------------------------------------------------------------ */
+
+/* What the test plugins do, set by each test before its requests. */
+static struct {
+    pthread_mutex_t mu;
+    char trace[2048];        /* "rw:A ac:A ..." */
+    int stop_in;             /* 1: A's access answers 401 */
+    int async;               /* 1: A's rewrite waits async_ms, then resumes */
+    int async_ms;
+    int async_answer;        /* with async: the timer answers 429 instead */
+    int read_body;           /* 1: A's access reads the body (max body_max) */
+    size_t body_max;
+    int body_answer;         /* with read_body: answer "got:<body>", else go on */
+    atomic_int aborts;       /* abort callbacks run */
+    atomic_int logs;         /* log phases run */
+    int log_status;          /* the status the last log saw */
+    char body_seen[256];     /* body_filter's bytes (first chunk) */
+    uv_timer_t timer;        /* A's async timer */
+    struct plugin_req *waiting;
+} tp;
+
+static void tp_trace(const char *what, const char *who)
+{
+    pthread_mutex_lock(&tp.mu);
+    size_t l = strlen(tp.trace);
+    snprintf(tp.trace + l, sizeof(tp.trace) - l, "%s%s:%s", l ? " " : "", what, who);
+    pthread_mutex_unlock(&tp.mu);
+}
+
+static int tp_create(const struct plugin_create_args *a, void **state, char *err, size_t errlen)
+{
+    (void)a;
+    (void)state;
+    (void)err;
+    (void)errlen;
+    return 0;
+}
+
+static void tp_timer_closed(uv_handle_t *h)
+{
+    (void)h;
+}
+
+static void tp_timer_cb(uv_timer_t *t)
+{
+    (void)t;
+    struct plugin_req *r = tp.waiting;
+    tp.waiting = NULL;
+    uv_close((uv_handle_t *)&tp.timer, tp_timer_closed);
+    if (tp.async_answer)
+        plugin_respond_message(r, 429, "slow down");
+    plugin_resume(r);
+}
+
+static void tp_abort(void *ud)
+{
+    (void)ud;
+    tp.aborts++;
+    tp.waiting = NULL;
+    uv_close((uv_handle_t *)&tp.timer, tp_timer_closed);
+}
+
+#define TP_NAME(s) ((const char *)(s))
+
+static int tp_rewrite(struct plugin_req *r, void *state, void **data)
+{
+    tp_trace("rw", TP_NAME(state));
+    if (strcmp(TP_NAME(state), "A") == 0) {
+        *data = (void *)"A-data";
+        plugin_req_set_target(r, "/new/path?k=v&secret=s");
+        plugin_req_arg_remove(r, "secret");
+        plugin_req_set_method(r, "PUT");
+        plugin_req_set_host(r, "rewritten.example");
+        plugin_req_header_set(r, "X-Set", "one");
+        plugin_req_header_add(r, "X-Add", "two");
+        plugin_req_header_set(r, "X-Drop", NULL);
+        CHECK(plugin_req_header_set(r, "Content-Length", "1") == -EINVAL);
+        plugin_resp_header_set(r, "X-Conn", NULL); /* the upstream's, removed */
+        plugin_resp_header_add(r, "X-Plugin", "A");
+        size_t l = 0;
+        const char *v = plugin_req_var(r, "route_id", &l);
+        CHECK(v && l == 2 && memcmp(v, "r1", 2) == 0);
+        v = plugin_req_arg(r, "k", &l);
+        CHECK(v && l == 1 && *v == 'v');
+        CHECK(plugin_req_arg(r, "secret", NULL) == NULL);
+        if (tp.async) {
+            uv_timer_init(&px.loop, &tp.timer);
+            tp.waiting = r;
+            plugin_set_abort(r, tp_abort, NULL);
+            uv_timer_start(&tp.timer, tp_timer_cb, (uint64_t)tp.async_ms, 0);
+            return PLUGIN_ASYNC;
+        }
+    }
+    return PLUGIN_CONTINUE;
+}
+
+static void tp_body_cb(struct plugin_req *r, void *ud, const char *body, size_t len)
+{
+    (void)ud;
+    if (tp.body_answer) {
+        char b[300];
+        int n = snprintf(b, sizeof(b), "got:%.*s", (int)(len > 200 ? 200 : len), body);
+        plugin_respond(r, 200, "text/plain", b, (size_t)n);
+    }
+    plugin_resume(r);
+}
+
+static void tp_body_abort(void *ud)
+{
+    (void)ud;
+    tp.aborts++;
+}
+
+static int tp_access(struct plugin_req *r, void *state, void **data)
+{
+    tp_trace("ac", TP_NAME(state));
+    if (strcmp(TP_NAME(state), "A") == 0) {
+        CHECK(*data && strcmp(*data, "A-data") == 0);
+        if (tp.stop_in) {
+            plugin_respond_message(r, 401, "Missing \"API\" key");
+            return PLUGIN_STOP;
+        }
+        if (tp.read_body) {
+            plugin_set_abort(r, tp_body_abort, NULL);
+            CHECK(plugin_req_read_body(r, tp.body_max, tp_body_cb, NULL) == 0);
+            return PLUGIN_ASYNC;
+        }
+    }
+    return PLUGIN_CONTINUE;
+}
+
+static int tp_before_proxy(struct plugin_req *r, void *state, void **data)
+{
+    (void)r;
+    (void)data;
+    tp_trace("bp", TP_NAME(state));
+    return PLUGIN_CONTINUE;
+}
+
+static void tp_header_filter(struct plugin_req *r, void *state, void **data)
+{
+    (void)data;
+    char b[48];
+    snprintf(b, sizeof(b), "%s%d", TP_NAME(state), plugin_resp_status(r));
+    tp_trace("hf", b);
+    plugin_resp_header_add(r, "X-HF", TP_NAME(state));
+}
+
+static void tp_body_filter(struct plugin_req *r, void *state, void **data, const char *chunk,
+                           size_t len)
+{
+    (void)r;
+    (void)data;
+    if (strcmp(TP_NAME(state), "A") == 0 && !tp.body_seen[0])
+        snprintf(tp.body_seen, sizeof(tp.body_seen), "%.*s", (int)(len > 200 ? 200 : len), chunk);
+}
+
+static void tp_log(struct plugin_req *r, void *state, void **data)
+{
+    (void)data;
+    tp_trace("log", TP_NAME(state));
+    if (strcmp(TP_NAME(state), "A") == 0) {
+        tp.log_status = plugin_resp_status(r);
+        tp.logs++;
+    }
+}
+
+static const struct plugin_def tp_def_hi = {
+    .name = "tp-hi", .priority = 2000, .flags = PLUGIN_HTTP, .create = tp_create,
+    .rewrite = tp_rewrite, .access = tp_access, .before_proxy = tp_before_proxy,
+    .header_filter = tp_header_filter, .body_filter = tp_body_filter, .log = tp_log,
+};
+static const struct plugin_def tp_def_lo = {
+    .name = "tp-lo", .priority = 1000, .flags = PLUGIN_HTTP,
+    .rewrite = tp_rewrite, .access = tp_access, .before_proxy = tp_before_proxy,
+    .header_filter = tp_header_filter, .log = tp_log,
+};
+
+/* Chains live in static storage (struct plugin_chain ends in a flexible
+ * array). */
+static _Alignas(max_align_t) unsigned char
+    tp_route_buf[sizeof(struct plugin_chain) + 2 * sizeof(struct plugin_inst)];
+static _Alignas(max_align_t) unsigned char
+    tp_global_buf[sizeof(struct plugin_chain) + sizeof(struct plugin_inst)];
+static struct plugin_chain *tp_gchains[1];
+
+/* Route r1 gets A (priority 2000) and B (1000); a global rule G (1000). */
+static void tp_setup(struct route_rt *rt, bool global)
+{
+    memset(&tp.trace, 0, sizeof(tp.trace));
+    tp.stop_in = tp.async = tp.async_answer = tp.read_body = tp.body_answer = 0;
+    tp.aborts = tp.logs = 0;
+    tp.log_status = 0;
+    tp.body_seen[0] = '\0';
+    struct plugin_chain *rc = (struct plugin_chain *)tp_route_buf;
+    rc->n = 2;
+    rc->inst[0] = (struct plugin_inst){.def = &tp_def_hi, .state = (void *)"A"};
+    rc->inst[1] = (struct plugin_inst){.def = &tp_def_lo, .state = (void *)"B"};
+    rt->chain = rc;
+    if (global) {
+        struct plugin_chain *gc = (struct plugin_chain *)tp_global_buf;
+        gc->n = 1;
+        gc->inst[0] = (struct plugin_inst){.def = &tp_def_lo, .state = (void *)"G"};
+        tp_gchains[0] = gc;
+        fk.snap.gchains = tp_gchains;
+        fk.snap.ngchains = 1;
+    }
+}
+
+static void wait_logs(int n)
+{
+    for (int i = 0; i < 300 && tp.logs < n; i++)
+        msleep(10);
+}
+
+static void test_plugin_phases_and_edits(void)
+{
+    struct env e;
+    REQUIRE(env_start(&e, NULL) == 0);
+    tp_setup(e.rt, true);
+    struct cresp r = {0};
+    REQUIRE(roundtrip("GET /orig?k=v&secret=s HTTP/1.1\r\nHost: h\r\nX-Set: client\r\n"
+                      "X-Add: client\r\nX-Drop: x\r\nContent-Length: 0\r\n\r\n",
+                      &r) == 0);
+    CHECK(r.status == 200);
+    CHECK_CONTAINS(r.body, "PUT /new/path?k=v\n");
+    CHECK_CONTAINS(r.body, "Host: rewritten.example\n");
+    CHECK_CONTAINS(r.body, "X-Forwarded-Host: h\n");
+    CHECK_CONTAINS(r.body, "X-Set: one\n");
+    CHECK(strstr(r.body, "X-Set: client") == NULL);
+    CHECK_CONTAINS(r.body, "X-Add: client\n");
+    CHECK_CONTAINS(r.body, "X-Add: two\n");
+    CHECK(strstr(r.body, "X-Drop") == NULL);
+    CHECK_CONTAINS(r.body, "Content-Length: 0\n");
+    CHECK(strstr(r.head, "X-Conn") == NULL);
+    CHECK_CONTAINS(r.head, "X-Plugin: A");
+    CHECK_CONTAINS(r.head, "X-HF: G\nX-HF: A\nX-HF: B");
+    CHECK(strncmp(tp.body_seen, "PUT /new/path", 13) == 0);
+    wait_logs(1);
+    msleep(20);
+    CHECK_STREQ(tp.trace, "rw:G rw:A rw:B ac:G ac:A ac:B bp:A bp:B hf:G200 hf:A200 hf:B200 "
+                          "log:G log:A log:B");
+    CHECK(tp.log_status == 200);
+    cresp_free(&r);
+    env_stop(&e);
+    fk.snap.gchains = NULL;
+    fk.snap.ngchains = 0;
+}
+
+static void test_plugin_global_rule_on_404(void)
+{
+    struct env e;
+    fk_reset();
+    e.u = up_start();
+    int ports[1] = {e.u->port};
+    e.up = fk_up(1, "127.0.0.1", ports);
+    e.rt = fk_route("/api", NULL, e.up);
+    struct http_proxy_opts o;
+    opts_default(&o);
+    REQUIRE(px_start(&o) == 0);
+    tp_setup(e.rt, true);
+    struct cresp r = {0};
+    REQUIRE(roundtrip("GET /nothing HTTP/1.1\r\nHost: h\r\n\r\n", &r) == 0);
+    CHECK(r.status == 404);
+    CHECK_CONTAINS(r.body, "404 Route Not Found");
+    CHECK_CONTAINS(r.head, "X-HF: G");
+    CHECK(strstr(r.head, "X-HF: A") == NULL);
+    wait_log(1);
+    msleep(20);
+    CHECK_STREQ(tp.trace, "rw:G ac:G hf:G404 log:G");
+    cresp_free(&r);
+    env_stop(&e);
+    fk.snap.gchains = NULL;
+    fk.snap.ngchains = 0;
+}
+
+static void test_plugin_stop(void)
+{
+    struct env e;
+    REQUIRE(env_start(&e, NULL) == 0);
+    tp_setup(e.rt, false);
+    tp.stop_in = 1;
+    struct cli c;
+    REQUIRE(cli_connect(&c, px.port) == 0);
+    cli_send(&c, "GET /x HTTP/1.1\r\nHost: h\r\n\r\n");
+    struct cresp r = {0};
+    REQUIRE(cli_read(&c, &r, 0) == 0);
+    CHECK(r.status == 401);
+    CHECK_STREQ(r.body, "{\"message\":\"Missing \\\"API\\\" key\"}\n");
+    CHECK_CONTAINS(r.head, "Content-Type: application/json");
+    CHECK_CONTAINS(r.head, "X-Plugin: A"); /* rewrite's response edit on a local answer */
+    CHECK_CONTAINS(r.head, "X-HF: A\nX-HF: B");
+    CHECK(r.keepalive);
+    CHECK(e.u->reqs == 0);
+    /* the connection goes on */
+    tp.stop_in = 0;
+    cli_send(&c, "GET /y HTTP/1.1\r\nHost: h\r\n\r\n");
+    REQUIRE(cli_read(&c, &r, 0) == 0);
+    CHECK(r.status == 200);
+    cli_close(&c);
+    wait_logs(2);
+    CHECK(tp.logs == 2);
+    CHECK(strstr(tp.trace, "ac:A hf:A401 hf:B401 log:A log:B") != NULL);
+    cresp_free(&r);
+    env_stop(&e);
+}
+
+static void test_plugin_async(void)
+{
+    struct env e;
+    REQUIRE(env_start(&e, NULL) == 0);
+    tp_setup(e.rt, false);
+    tp.async = 1;
+    tp.async_ms = 50;
+    struct cresp r = {0};
+    uint64_t t0 = uv_hrtime();
+    REQUIRE(roundtrip("GET /a HTTP/1.1\r\nHost: h\r\n\r\n", &r) == 0);
+    CHECK(r.status == 200);
+    CHECK((uv_hrtime() - t0) / 1000000 >= 45);
+    CHECK_CONTAINS(r.body, "PUT /new/path?k=v\n");
+    /* the timer answers instead */
+    tp_setup(e.rt, false);
+    tp.async = tp.async_answer = 1;
+    tp.async_ms = 20;
+    REQUIRE(roundtrip("GET /a HTTP/1.1\r\nHost: h\r\n\r\n", &r) == 0);
+    CHECK(r.status == 429);
+    CHECK_STREQ(r.body, "{\"message\":\"slow down\"}\n");
+    CHECK(e.u->reqs == 1);
+    cresp_free(&r);
+    /* the client leaves while the plugin waits: abort, then log (499) */
+    tp_setup(e.rt, false);
+    tp.async = 1;
+    tp.async_ms = 5000;
+    struct cli c;
+    REQUIRE(cli_connect(&c, px.port) == 0);
+    cli_send(&c, "GET /a HTTP/1.1\r\nHost: h\r\n\r\n");
+    msleep(100);
+    cli_close(&c);
+    wait_logs(1);
+    CHECK(tp.aborts == 1);
+    CHECK(tp.log_status == 499);
+    /* the proxy stops while the plugin waits: abort too */
+    tp_setup(e.rt, false);
+    tp.async = 1;
+    tp.async_ms = 5000;
+    REQUIRE(cli_connect(&c, px.port) == 0);
+    cli_send(&c, "GET /a HTTP/1.1\r\nHost: h\r\n\r\n");
+    msleep(100);
+    env_stop(&e);
+    CHECK(tp.aborts == 1);
+    CHECK(tp.logs == 1);
+    cli_close(&c);
+}
+
+static void test_plugin_read_body(void)
+{
+    struct env e;
+    REQUIRE(env_start(&e, NULL) == 0);
+    tp_setup(e.rt, false);
+    tp.read_body = tp.body_answer = 1;
+    tp.body_max = 100;
+    struct cresp r = {0};
+    struct cli c;
+    REQUIRE(cli_connect(&c, px.port) == 0);
+    cli_send(&c, "POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello");
+    msleep(50);
+    cli_send(&c, " world");
+    REQUIRE(cli_read(&c, &r, 0) == 0);
+    CHECK(r.status == 200);
+    CHECK_STREQ(r.body, "got:hello world");
+    CHECK_CONTAINS(r.head, "Content-Type: text/plain");
+    CHECK(r.keepalive);
+    /* chunked, and with Expect: 100-continue */
+    cli_send(&c, "POST /b HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n"
+                 "Expect: 100-continue\r\n\r\n");
+    {
+        /* the plugin asked for the body: the client is told to send it */
+        char b[64] = {0};
+        ssize_t n = recv(c.fd, b, 25, MSG_WAITALL);
+        CHECK(n == 25 && strncmp(b, "HTTP/1.1 100 Continue\r\n\r\n", 25) == 0);
+    }
+    cli_send(&c, "3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n");
+    REQUIRE(cli_read(&c, &r, 0) == 0);
+    CHECK(r.status == 200);
+    CHECK_STREQ(r.body, "got:abcde");
+    cli_close(&c);
+    CHECK(e.u->reqs == 0);
+    /* declared over max: 413 at once, the abort runs */
+    tp_setup(e.rt, false);
+    tp.read_body = tp.body_answer = 1;
+    tp.body_max = 10;
+    REQUIRE(roundtrip("POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello world",
+                      &r) == 0);
+    CHECK(r.status == 413);
+    CHECK(tp.aborts == 1);
+    /* chunked over max: 413 while reading */
+    tp_setup(e.rt, false);
+    tp.read_body = tp.body_answer = 1;
+    tp.body_max = 4;
+    REQUIRE(roundtrip("POST /b HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      "3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n",
+                      &r) == 0);
+    CHECK(r.status == 413);
+    wait_logs(1);
+    CHECK(tp.aborts == 1);
+    /* the plugin reads the body and lets the request go on: the body goes
+     * upstream from its buffer */
+    tp_setup(e.rt, false);
+    tp.read_body = 1;
+    tp.body_max = 100;
+    REQUIRE(roundtrip("POST /b HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      "3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n",
+                      &r) == 0);
+    CHECK(r.status == 200);
+    CHECK_CONTAINS(r.body, "Content-Length: 6\n");
+    CHECK(strstr(r.body, "Transfer-Encoding") == NULL);
+    CHECK_CONTAINS(r.body, "\n\nabcdef");
+    CHECK(e.u->reqs == 1);
+    cresp_free(&r);
+    env_stop(&e);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1)
@@ -2299,6 +2725,12 @@ int main(int argc, char **argv)
     T(test_vars_and_chash);
     T(test_normalize_path);
     T(test_abort_and_early_response);
+    pthread_mutex_init(&tp.mu, NULL);
+    T(test_plugin_phases_and_edits);
+    T(test_plugin_global_rule_on_404);
+    T(test_plugin_stop);
+    T(test_plugin_async);
+    T(test_plugin_read_body);
     T(test_stress);
     return check_summary();
 }
