@@ -209,6 +209,12 @@ int plugin_resp_header_add(struct plugin_req *r, const char *name, const char *v
 int plugin_resp_status(struct plugin_req *r);
 /* In header_filter: a header of the upstream's response, or NULL. */
 const char *plugin_resp_header(struct plugin_req *r, const char *name, size_t *len);
+/* In log: the finished request as the engine reports it to its
+ * on_request_info hook (http_proxy.h's struct http_request_info: status,
+ * latencies so far, bytes, matched uri and host, upstream node). Pointers
+ * in *out live until the log phase returns. */
+struct http_request_info;
+void plugin_req_info(struct plugin_req *r, struct http_request_info *out);
 
 /* Answers the request locally (body copied; content_type NULL: none). Then
  * return PLUGIN_STOP, or, when suspended, call plugin_resume. */

@@ -23,6 +23,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "plugin.h"
+#include "shm_limits.h"
 #include "snapshot.h"
 #include "stream_proxy.h"
 #include "tls.h"
@@ -60,6 +61,7 @@ struct worker {
     int access_log_fd;               /* -1: off */
     struct metrics *metrics;         /* node-wide counters, or NULL */
     struct health_table *health;     /* node verdicts, or NULL */
+    struct shm_limits *limits;       /* limit plugins' node-wide counters, or NULL */
     uv_timer_t gauge_timer;          /* publishes connection gauges */
     char rbuf[65536];
 };
@@ -263,19 +265,6 @@ static void on_chan_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         rebuild(w);
 }
 
-static void request_done(void *ud, const struct http_request_info *i)
-{
-    struct worker *w = ud;
-    struct metrics_labels l = {
-        .route = i->route ? i->route->id : NULL,
-        .matched_uri = i->matched_uri,
-        .matched_host = i->matched_host,
-        .node = i->node_host,
-    };
-    metrics_observe(w->metrics, &l, i->status, i->latency_us, i->upstream_latency_us,
-                    i->bytes_in, i->bytes_out);
-}
-
 static void publish_gauges(uv_timer_t *t)
 {
     struct worker *w = t->data;
@@ -329,10 +318,16 @@ int worker_main(int argc, char **argv)
         w->health = health_table_attach(atoi(hfd));
         snapshot_set_health(w->health);
     }
+    const char *lfd = getenv("AIRGW_LIMITS_FD");
+    if (lfd && atoi(lfd) > 0) {
+        fcntl(atoi(lfd), F_SETFD, FD_CLOEXEC);
+        if (!(w->limits = shm_limits_attach(atoi(lfd))))
+            log_warn("cannot map the node-wide limit counters: each worker counts alone");
+    }
 
     /* Plugins run in workers only, set up before the first snapshot. */
     struct plugin_env penv = {.loop = &w->loop, .worker_id = w->s.worker_index,
-                              .nworkers = w->s.workers, .metrics = w->metrics, .limits = NULL};
+                              .nworkers = w->s.workers, .metrics = w->metrics, .limits = w->limits};
     plugin_env_set(&penv);
 
     /* An empty snapshot until the master's arrives: every request is a 404. */
@@ -389,7 +384,8 @@ int worker_main(int argc, char **argv)
     po->access_log = w->access_log_fd;
     po->access_log_format = w->s.access_log_json ? HTTP_LOG_JSON : HTTP_LOG_COMBINED;
     po->worker_id = w->s.worker_index;
-    po->on_request_info = request_done;
+    /* Requests are recorded by the prometheus plugin (where it is
+     * configured, as APISIX); the connection gauges below always. */
     po->hook_ud = w;
     po->tls_current = current_tls;
     w->hpo = *po;
@@ -429,6 +425,7 @@ int worker_main(int argc, char **argv)
     metrics_free(w->metrics);
     snapshot_set_health(NULL);
     health_table_free(w->health);
+    shm_limits_free(w->limits);
     dp_settings_free(&w->s);
     config_cleanup();
     jsonschema_cleanup();

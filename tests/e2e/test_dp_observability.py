@@ -130,11 +130,22 @@ def delta(before, after, name, **labels):
 
 
 def test_metrics_move_with_traffic(ctx):
+    """As in APISIX, requests are recorded where the prometheus plugin is:
+    on the route, and (for requests no route matched) in a global rule."""
     env = env_of(ctx)
     d = new_dp(ctx, env.cp, name="metrics", workers=2)
     t = uid("mt")
     h = "%s.test" % t
-    last = env.route(t, {"uri": "/*", "hosts": [h], "upstream": env.up("a")})
+    env.put("global_rules/" + t, {"plugins": {"prometheus": {}}})
+    try:
+        metrics_move(ctx, env, d, t, h)
+    finally:
+        env.delete("global_rules/" + t)
+
+
+def metrics_move(ctx, env, d, t, h):
+    last = env.route(t, {"uri": "/*", "hosts": [h], "upstream": env.up("a"),
+                         "plugins": {"prometheus": {}}})
     wait_serving(d, "/ok", headers=["Host: " + h])
     m0 = scrape(d)
     res = curl_many([d.url("/ok/%d" % i) for i in range(5)], headers=["Host: " + h], close=True)
@@ -191,7 +202,8 @@ def test_metrics_labels_like_apisix(ctx):
     a = env.ups["a"]
     d = new_dp(ctx, env.cp, name="labels", workers=1)
     t = uid("lb")
-    env.route(t, {"uri": "/%s/*" % t, "hosts": ["%s.test" % t], "upstream": env.up("a")})
+    env.route(t, {"uri": "/%s/*" % t, "hosts": ["%s.test" % t], "upstream": env.up("a"),
+                  "plugins": {"prometheus": {}}})
     wait_serving(d, "/%s/x" % t, headers=["Host: %s.test" % t])
     series = [lb for n, lb, v in scrape(d) if n == "apisix_http_status" and lb.get("route") == t]
     check(series, "no apisix_http_status series for route %s" % t)
