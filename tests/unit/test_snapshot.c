@@ -5,10 +5,12 @@
  * worker cannot compile.
  */
 #include <jansson.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 
 #include "check.h"
+#include "plugin.h"
 #include "snapshot.h"
 
 static json_t *res(const char *text)
@@ -215,6 +217,139 @@ static void test_refcount_keeps_old_snapshot_alive(void)
     snapshot_unref(held);
 }
 
+static void test_plugin_config_wins_over_service(void)
+{
+    /* APISIX: route > plugin_config > service. */
+    json_t *r = res("{"
+                    "\"/apisix/services/s1\":{\"plugins\":{\"cors\":{\"from\":\"service\"},"
+                    "  \"proxy-rewrite\":{\"uri\":\"/svc\"}}},"
+                    "\"/apisix/plugin_configs/p1\":{\"plugins\":{\"cors\":{\"from\":\"pc\"}}},"
+                    "\"/apisix/routes/r1\":{\"uri\":\"/a\",\"service_id\":\"s1\","
+                    "  \"plugin_config_id\":\"p1\"}}");
+    struct snapshot *s = snapshot_build(r, 1);
+    json_decref(r);
+    REQUIRE(s && s->nroutes == 1);
+    const json_t *p = s->routes[0]->plugins;
+    CHECK_STREQ(json_string_value(json_object_get(json_object_get(p, "cors"), "from")), "pc");
+    CHECK_STREQ(json_string_value(json_object_get(json_object_get(p, "proxy-rewrite"), "uri")),
+                "/svc");
+    snapshot_unref(s);
+}
+
+static const char *chain_names(const struct plugin_chain *c, char *buf, size_t len)
+{
+    buf[0] = '\0';
+    for (size_t i = 0; c && i < c->n; i++) {
+        size_t l = strlen(buf);
+        snprintf(buf + l, len - l, "%s%s", i ? "," : "", c->inst[i].def->name);
+    }
+    return buf;
+}
+
+static void test_chains_only_in_workers_in_priority_order(void)
+{
+    json_t *r = res("{"
+                    "\"/apisix/routes/1\":{\"uri\":\"/a\",\"plugins\":{"
+                    "  \"proxy-rewrite\":{\"uri\":\"/x\"},\"no-such-plugin\":{},\"cors\":{}}},"
+                    "\"/apisix/routes/2\":{\"uri\":\"/b\",\"plugins\":{"
+                    "  \"cors\":{\"_meta\":{\"disable\":true}},"
+                    "  \"proxy-rewrite\":{\"regex_uri\":[\"(\",\"/x\"]}}},"
+                    "\"/apisix/routes/3\":{\"uri\":\"/c\"},"
+                    "\"/apisix/global_rules/10\":{\"plugins\":{\"proxy-rewrite\":{\"uri\":\"/g10\"}}},"
+                    "\"/apisix/global_rules/2\":{\"plugins\":{\"proxy-rewrite\":{\"uri\":\"/g2\"}}},"
+                    "\"/apisix/global_rules/1\":{\"plugins\":{\"proxy-rewrite\":{\"uri\":\"/g1\"}}},"
+                    "\"/apisix/global_rules/9\":{\"plugins\":{}},"
+                    "\"/apisix/stream_routes/s1\":{\"server_port\":1883,\"plugins\":{"
+                    "  \"mqtt-proxy\":{\"protocol_name\":\"MQTT\",\"protocol_level\":4}},"
+                    "  \"upstream\":{\"nodes\":{\"127.0.0.1:1883\":1}}}}");
+    REQUIRE(r);
+    /* The master (no plugin_env): no plugin code runs, no chain is made. */
+    CHECK(plugin_env() == NULL);
+    struct snapshot *s = snapshot_build(r, 1);
+    REQUIRE(s && s->nroutes == 3);
+    for (size_t i = 0; i < s->nroutes; i++)
+        CHECK(s->routes[i]->chain == NULL);
+    CHECK(s->ngchains == 0);
+    CHECK(json_array_size(s->global_rules) == 4);
+    snapshot_unref(s);
+
+    struct plugin_env env = {.worker_id = 0, .nworkers = 1};
+    plugin_env_set(&env);
+    CHECK(plugin_env() != NULL && plugin_env()->nworkers == 1);
+    s = snapshot_build(r, 2);
+    json_decref(r);
+    REQUIRE(s);
+    char b[256];
+    for (size_t i = 0; i < s->nroutes; i++) {
+        const struct route_rt *rt = s->routes[i];
+        if (strcmp(rt->id, "1") == 0) {
+            /* highest priority first; the unknown plugin skipped */
+            CHECK_STREQ(chain_names(rt->chain, b, sizeof(b)), "cors,proxy-rewrite");
+            CHECK(rt->chain->inst[1].conf == json_object_get(rt->plugins, "proxy-rewrite"));
+        } else {
+            /* route 2: cors disabled, proxy-rewrite fails to create; 3: none */
+            CHECK(rt->chain == NULL);
+        }
+    }
+    /* Global rules in id order (numeric), the empty one without a chain. */
+    REQUIRE(s->ngchains == 3);
+    const char *want[] = {"/g1", "/g2", "/g10"};
+    for (size_t i = 0; i < 3; i++)
+        CHECK_STREQ(json_string_value(json_object_get(s->gchains[i]->inst[0].conf, "uri")),
+                    want[i]);
+    /* A stream route with only mqtt-proxy (handled by the stream proxy): no chain. */
+    REQUIRE(s->nsroutes == 1);
+    CHECK(s->sroutes[0]->chain == NULL);
+    snapshot_unref(s); /* the chains' destroy runs (ASan checks the frees) */
+}
+
+static void test_consumer_index(void)
+{
+    json_t *r = res("{"
+                    "\"/apisix/consumers/jack\":{\"username\":\"jack\",\"plugins\":{"
+                    "  \"key-auth\":{\"key\":\"k-jack\"},"
+                    "  \"basic-auth\":{\"username\":\"jb\",\"password\":\"pw\"}}},"
+                    "\"/apisix/consumers/rose\":{\"username\":\"rose\",\"plugins\":{"
+                    "  \"key-auth\":{\"key\":\"k-rose\"},"
+                    "  \"mqtt-auth\":{\"cert_cn\":\"dev1\",\"cert_subject\":\"CN=dev1,O=Acme\"}}},"
+                    "\"/apisix/consumers/bob\":{\"username\":\"bob\"},"
+                    "\"/apisix/routes/1\":{\"uri\":\"/a\"}}");
+    struct snapshot *s = snapshot_build(r, 1);
+    json_decref(r);
+    REQUIRE(s && s->nconsumers == 3);
+    const struct consumer_rt *c = snapshot_consumer_by(s, "key-auth", "k-jack");
+    REQUIRE(c);
+    CHECK_STREQ(c->username, "jack");
+    c = snapshot_consumer_by(s, "key-auth", "k-rose");
+    CHECK(c && strcmp(c->username, "rose") == 0);
+    c = snapshot_consumer_by(s, "basic-auth", "jb");
+    CHECK(c && strcmp(c->username, "jack") == 0);
+    c = snapshot_consumer_by(s, "mqtt-auth", "dev1");
+    CHECK(c && strcmp(c->username, "rose") == 0);
+    c = snapshot_consumer_by(s, "mqtt-auth", "CN=dev1,O=Acme");
+    CHECK(c && strcmp(c->username, "rose") == 0);
+    CHECK(snapshot_consumer_by(s, "key-auth", "jb") == NULL);    /* other plugin's field */
+    CHECK(snapshot_consumer_by(s, "basic-auth", "pw") == NULL);  /* passwords not indexed */
+    CHECK(snapshot_consumer_by(s, "key-auth", "k-nobody") == NULL);
+    CHECK(snapshot_consumer_by(s, "key-auth", NULL) == NULL);
+    c = snapshot_consumer(s, "bob");
+    REQUIRE(c);
+    CHECK(json_is_object(c->plugins) && json_object_size(c->plugins) == 0);
+    CHECK(c->conf && json_is_object(c->conf));
+    CHECK(snapshot_consumer(s, "nobody") == NULL);
+    c = snapshot_consumer(s, "jack");
+    CHECK(c && json_is_object(json_object_get(c->plugins, "key-auth")));
+    snapshot_unref(s);
+    /* No consumers at all. */
+    r = res("{\"/apisix/routes/1\":{\"uri\":\"/a\"}}");
+    s = snapshot_build(r, 2);
+    json_decref(r);
+    REQUIRE(s);
+    CHECK(snapshot_consumer(s, "jack") == NULL);
+    CHECK(snapshot_consumer_by(s, "key-auth", "k-jack") == NULL);
+    snapshot_unref(s);
+}
+
 int main(void)
 {
     RUN(test_route_plugins_merge_over_service_and_plugin_config);
@@ -224,5 +359,8 @@ int main(void)
     RUN(test_chash_keys);
     RUN(test_bad_resources_are_skipped_not_fatal);
     RUN(test_refcount_keeps_old_snapshot_alive);
+    RUN(test_plugin_config_wins_over_service);
+    RUN(test_consumer_index);
+    RUN(test_chains_only_in_workers_in_priority_order); /* last: sets plugin_env */
     return check_summary();
 }
