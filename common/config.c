@@ -506,7 +506,9 @@ static int check_plugins(enum gw_kind kind, json_t *plugins, char *err, size_t e
             return rc;
         }
         const json_t *def = json_object_get(reg.plugins, name);
-        if (!def || !json_is_true(json_object_get(def, stream ? "stream" : "http")))
+        /* A consumer also holds stream plugins' credentials (mqtt-auth). */
+        if (!def || (!json_is_true(json_object_get(def, stream ? "stream" : "http")) &&
+                     !(consumer && json_object_get(def, "consumer_schema"))))
             return fail(err, errlen, "%sunknown plugin [%s]", pre, name);
         const json_t *schema = json_object_get(def, "schema");
         const json_t *cschema = json_object_get(def, "consumer_schema");

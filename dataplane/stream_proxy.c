@@ -9,6 +9,16 @@
  *   S_PROXYING      bytes flow both ways
  *   S_FLUSHING      a last answer (a CONNACK) is being written; then close
  *   S_CLOSING       handles are closing; freed when the last one has closed
+ *
+ * Plugins (plugin.h's stream phases). A route with a plugin chain runs its
+ * preread phase once the route is known and, on an mqtt-proxy route, the
+ * CONNECT was parsed and passed the version and client id checks; before an
+ * upstream is picked. The connection then gets a struct plugin_stream (the
+ * per-instance data, the consumer, the addresses), so a connection on a
+ * route without plugins costs one pointer more. A deny is recorded and
+ * acted on once the plugin returned (the refusal never closes the
+ * connection under a running plugin). stream_log runs for every instance
+ * when the connection is closed (conn_close), if preread ran.
  */
 #include "stream_proxy.h"
 
@@ -22,6 +32,7 @@
 #include "log.h"
 #include "mqtt_codec.h"
 #include "netaddr.h"
+#include "plugin.h"
 #include "snapshot.h"
 #include "tls.h"
 
@@ -32,6 +43,21 @@
 enum sstate { S_CONNECT_WAIT, S_UP_CONNECTING, S_PROXYING, S_FLUSHING, S_CLOSING, S_HANDSHAKE };
 
 struct sconn;
+
+/* What stream plugins see of a connection (plugin.h); made when the
+ * preread phase starts, freed after stream_log. */
+struct plugin_stream {
+    struct sconn *c;                    /* the connection */
+    const struct plugin_chain *chain;   /* the route's (lives as long as c->snap) */
+    const struct consumer_rt *consumer; /* set by an auth plugin (borrowed from c->snap) */
+    const struct mqtt_connect *mc;      /* during preread on an mqtt-proxy route, else NULL */
+    struct sockaddr_storage remote;     /* client address */
+    struct sockaddr_storage server;     /* the address the client reached */
+    char *subject, *cn;                 /* the client certificate's, once asked; NULL: none */
+    int deny;                           /* enum mqtt_refusal from plugin_stream_deny, or -1 */
+    unsigned subject_done : 1, cn_done : 1;
+    void *data[];                       /* one per chain instance */
+};
 
 /* One upstream attempt; kept as the upstream side once connected. */
 struct upconn {
@@ -57,6 +83,7 @@ struct sconn {
     struct snapshot *snap;              /* revision this connection was routed with */
     const struct stream_route_rt *route;
     struct upconn *up;                  /* upstream side, or NULL */
+    struct plugin_stream *ps;           /* plugin view once preread ran, else NULL */
     int node;                           /* node index, -1 before a pick */
     uint64_t tried;                     /* nodes tried (bits 0..63) */
     int attempts;                       /* connect attempts made */
@@ -177,11 +204,29 @@ static void drop_dns(struct sconn *c)
     c->dns = NULL;
 }
 
+/* The stream_log phase, then the plugin view goes. */
+static void run_stream_log(struct sconn *c)
+{
+    struct plugin_stream *ps = c->ps;
+    if (!ps)
+        return;
+    for (size_t i = 0; i < ps->chain->n; i++) {
+        const struct plugin_inst *in = &ps->chain->inst[i];
+        if (in->def->stream_log)
+            in->def->stream_log(ps, in->state, &ps->data[i]);
+    }
+    c->ps = NULL;
+    free(ps->subject);
+    free(ps->cn);
+    free(ps);
+}
+
 static void conn_close(struct sconn *c)
 {
     if (c->state == S_CLOSING)
         return;
     c->state = S_CLOSING;
+    run_stream_log(c);
     drop_dns(c);
     close_up(c);
     if (!uv_is_closing((uv_handle_t *)&c->client))
@@ -386,7 +431,9 @@ static const char *stream_var(void *ud, const char *name, size_t *len)
         *len = kv->client_id_len;
         return kv->client_id;
     }
-    if (strcmp(name, "remote_addr") == 0)
+    if (strcmp(name, "consumer_name") == 0 && kv->c->ps && kv->c->ps->consumer)
+        v = kv->c->ps->consumer->username;
+    else if (strcmp(name, "remote_addr") == 0)
         v = kv->remote;
     else if (strcmp(name, "server_addr") == 0)
         v = kv->server;
@@ -660,6 +707,75 @@ static void start_proxying(struct sconn *c)
     half_close(c, (uv_stream_t *)&c->up->tcp, c->up->tls);
 }
 
+/* The words a 5.0 client gets (Reason String) for a plugin's refusal. */
+static const char *deny_reason(int why)
+{
+    switch (why) {
+    case MQTT_REFUSE_BAD_AUTH:
+        return "bad user name or password";
+    case MQTT_REFUSE_NOT_AUTHORIZED:
+        return "not authorized";
+    case MQTT_REFUSE_UNAVAILABLE:
+        return "server unavailable";
+    case MQTT_REFUSE_CLIENT_ID:
+        return "client identifier not valid";
+    default:
+        return "refused by a plugin";
+    }
+}
+
+/* The preread phase of the route's chain (mc: the parsed CONNECT of an
+ * mqtt-proxy route, else NULL). Returns true when the connection goes on to
+ * an upstream; false when a plugin refused it (the refusal is then under
+ * way: a CONNACK and close, or a close). */
+static bool run_preread(struct sconn *c, const struct mqtt_connect *mc)
+{
+    const struct plugin_chain *ch = c->route->chain;
+    if (!ch || ch->n == 0)
+        return true;
+    struct plugin_stream *ps = calloc(1, sizeof(*ps) + ch->n * sizeof(void *));
+    if (!ps) {
+        refuse(c, MQTT_REFUSE_UNAVAILABLE, "out of memory");
+        return false;
+    }
+    ps->c = c;
+    ps->chain = ch;
+    ps->deny = -1;
+    int len = sizeof(ps->remote);
+    uv_tcp_getpeername(&c->client, (struct sockaddr *)&ps->remote, &len);
+    len = sizeof(ps->server);
+    uv_tcp_getsockname(&c->client, (struct sockaddr *)&ps->server, &len);
+    c->ps = ps;
+    ps->mc = mc;
+    const char *stopper = NULL;
+    for (size_t i = 0; i < ch->n && ps->deny < 0; i++) {
+        const struct plugin_inst *in = &ch->inst[i];
+        if (!in->def->preread)
+            continue;
+        int rc = in->def->preread(ps, in->state, &ps->data[i]);
+        if (rc == PLUGIN_CONTINUE)
+            continue;
+        stopper = in->def->name;
+        if (rc != PLUGIN_STOP) {
+            /* Streams have no suspension: a plugin bug, refused safely. */
+            log_warn("stream: route %s: plugin %s returned %d from preread (only continue "
+                     "or stop); refusing the connection",
+                     c->route->id, in->def->name, rc);
+            if (ps->deny < 0)
+                ps->deny = MQTT_REFUSE_UNAVAILABLE;
+        } else if (ps->deny < 0) {
+            ps->deny = MQTT_REFUSE_NOT_AUTHORIZED; /* stop without a reason */
+        }
+        break;
+    }
+    ps->mc = NULL;
+    if (ps->deny < 0)
+        return true;
+    log_debug("stream: route %s: refused by plugin %s", c->route->id, stopper ? stopper : "?");
+    refuse(c, (enum mqtt_refusal)ps->deny, deny_reason(ps->deny));
+    return false;
+}
+
 /* A whole CONNECT is in c->buf: check it against the route, then connect. */
 static void on_connect_packet(struct sconn *c, const struct mqtt_connect *mc)
 {
@@ -678,6 +794,8 @@ static void on_connect_packet(struct sconn *c, const struct mqtt_connect *mc)
         refuse(c, MQTT_REFUSE_CLIENT_ID, "client identifier not valid for this version");
         return;
     }
+    if (!run_preread(c, mc))
+        return;
     if (!r->up) {
         refuse(c, MQTT_REFUSE_UNAVAILABLE, "route has no upstream");
         return;
@@ -1076,6 +1194,8 @@ static void route_conn(struct sconn *c, const char *sni)
         }
         return;
     }
+    if (!run_preread(c, NULL))
+        return;
     if (!c->route->up) {
         p->st.refused_total++;
         conn_close(c);
@@ -1213,4 +1333,85 @@ void stream_proxy_free(struct stream_proxy *p)
 void stream_proxy_get_stats(const struct stream_proxy *p, struct stream_proxy_stats *out)
 {
     *out = p->st;
+}
+
+/* ---- what a stream plugin sees and does (plugin.h) ---- */
+
+const struct sockaddr *plugin_stream_remote(struct plugin_stream *s)
+{
+    return s->remote.ss_family ? (const struct sockaddr *)&s->remote : NULL;
+}
+
+const struct sockaddr *plugin_stream_server(struct plugin_stream *s)
+{
+    return s->server.ss_family ? (const struct sockaddr *)&s->server : NULL;
+}
+
+const char *plugin_stream_route_id(struct plugin_stream *s)
+{
+    return s->c->route->id;
+}
+
+struct snapshot *plugin_stream_snapshot(struct plugin_stream *s)
+{
+    return s->c->snap;
+}
+
+const struct mqtt_connect *plugin_stream_mqtt(struct plugin_stream *s)
+{
+    return s->mc;
+}
+
+const char *plugin_stream_sni(struct plugin_stream *s)
+{
+    return s->c->tls ? tls_conn_sni(s->c->tls) : NULL;
+}
+
+/* A certificate field as a string, asked once per connection: NULL without
+ * a verified client certificate, and also when it cannot be read whole (a
+ * truncated subject must never match a consumer). */
+static char *peer_field(struct sconn *c, int (*get)(const struct tls_conn *, char *, size_t))
+{
+    char buf[2048];
+    int n = c->tls ? get(c->tls, buf, sizeof(buf)) : -ENOENT;
+    /* A NUL inside ("dev1\0x") would make it read as a shorter name. */
+    if (n <= 0 || strlen(buf) != (size_t)n)
+        return NULL;
+    return strdup(buf);
+}
+
+const char *plugin_stream_peer_subject(struct plugin_stream *s)
+{
+    if (!s->subject_done) {
+        s->subject_done = 1;
+        s->subject = peer_field(s->c, tls_conn_peer_subject);
+    }
+    return s->subject;
+}
+
+const char *plugin_stream_peer_cn(struct plugin_stream *s)
+{
+    if (!s->cn_done) {
+        s->cn_done = 1;
+        s->cn = peer_field(s->c, tls_conn_peer_cn);
+    }
+    return s->cn;
+}
+
+const struct consumer_rt *plugin_stream_consumer(struct plugin_stream *s)
+{
+    return s->consumer;
+}
+
+void plugin_stream_set_consumer(struct plugin_stream *s, const struct consumer_rt *c)
+{
+    s->consumer = c;
+}
+
+void plugin_stream_deny(struct plugin_stream *s, int why)
+{
+    if (why < MQTT_REFUSE_VERSION || why > MQTT_REFUSE_PROTOCOL_ERROR)
+        why = MQTT_REFUSE_NOT_AUTHORIZED;
+    if (s->deny < 0)
+        s->deny = why;
 }
