@@ -425,6 +425,8 @@ static struct curl_slist *make_headers(struct etcd_store *e, bool with_token)
 enum call_result {
     CALL_OK,        /* 200 with a JSON body */
     CALL_TRANSPORT, /* could not talk to this endpoint: try the next */
+    CALL_BUSY,      /* etcd answered "not now" (no leader, an election, overloaded):
+                       try the next, and again while the budget lasts */
     CALL_AUTH,      /* the token was refused */
     CALL_ETCD,      /* etcd answered with an error */
 };
@@ -487,8 +489,9 @@ static enum call_result post_once(struct conn *c, size_t ep, const char *path, c
                                      strstr(msg, "user name is empty") ||
                                      strstr(msg, "auth: revision in header is old"))))
         r = CALL_AUTH;
-    else if (status == 503 || *grpc_code == 14 || status == 0 || status == 502 || status == 504)
-        r = CALL_TRANSPORT; /* no leader, not ready, a proxy in front: another member may do */
+    else if (status == 503 || status == 429 || status == 502 || status == 504 ||
+             *grpc_code == 14 || *grpc_code == 8)
+        r = CALL_BUSY; /* no leader, leader changed, not ready, a proxy in front */
     json_decref(j);
     return r;
 }
@@ -557,6 +560,14 @@ static int call(struct conn *c, const char *path, const json_t *req, uint64_t bu
     size_t tl = 0;
     int rc = -EIO;
     bool reauthed = false;
+    unsigned pause_ms = 50;
+again:;
+    /* One pass over the endpoints. Only when some member said "not now" (an
+     * election takes about a second) is there another pass, after a pause,
+     * while the budget lasts; unreachable members fail the call at once. */
+    bool busy = false;
+    tl = 0;
+    tried[0] = '\0';
     for (size_t i = 0; i < e->neps; i++) {
         size_t ep = (c->ep + i) % e->neps;
         uint64_t now = now_ms();
@@ -605,11 +616,20 @@ static int call(struct conn *c, const char *path, const json_t *req, uint64_t bu
                                                         : -EIO;
             goto out;
         }
+        busy |= r == CALL_BUSY;
         if (tl < sizeof(tried))
             tl += (size_t)snprintf(tried + tl, sizeof(tried) - tl, "%s%s", tl ? "; " : "", why);
     }
     /* Next time start with the endpoint after the one that failed first. */
     c->ep = (c->ep + 1) % e->neps;
+    uint64_t now = now_ms();
+    if (busy && now + pause_ms + 20 < deadline &&
+        !(c->watch_thread && stopping(e))) {
+        struct timespec ts = {0, (long)pause_ms * 1000000L};
+        nanosleep(&ts, NULL);
+        pause_ms = pause_ms * 2 > 400 ? 400 : pause_ms * 2;
+        goto again;
+    }
     snprintf(err, errlen, "no endpoint answered (timeout %.1f s): %s",
              (double)budget_ms / 1000.0, tried);
     rc = -EIO;
