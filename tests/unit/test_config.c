@@ -655,11 +655,11 @@ static void test_plugin_registry(void)
 {
     const json_t *names = config_plugin_names();
     REQUIRE(json_is_array(names));
-    CHECK(json_array_size(names) == 9);
+    CHECK(json_array_size(names) == 12);
     for (size_t i = 1; i < json_array_size(names); i++)
         CHECK(strcmp(json_string_value(json_array_get(names, i - 1)),
                      json_string_value(json_array_get(names, i))) < 0);
-    CHECK_STREQ(json_string_value(json_array_get(names, 0)), "cors");
+    CHECK_STREQ(json_string_value(json_array_get(names, 0)), "basic-auth");
     CHECK(config_plugin_is_stream("mqtt-proxy"));
     CHECK(config_plugin_is_stream("ip-restriction"));
     CHECK(config_plugin_is_stream("limit-conn"));
