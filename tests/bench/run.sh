@@ -40,3 +40,7 @@ if [ -x tests/bench/bench_mqtt.sh ]; then
     echo
     bash tests/bench/bench_mqtt.sh
 fi
+if [ -x tests/bench/bench_plugins.sh ]; then
+    echo
+    bash tests/bench/bench_plugins.sh
+fi
