@@ -68,7 +68,7 @@
 #define LIST_PAGE 1000            /* keys per range request when listing */
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
-#define MAX_TTL 9000000000LL      /* etcd's MaxLeaseTTL */
+#define MAX_TTL 9000000000LL /* etcd's MaxLeaseTTL */
 
 /* An event from the watch thread to the loop. */
 enum wev_type { WEV_CHANGE, WEV_RESYNC };
@@ -102,45 +102,45 @@ struct conn {
 };
 
 struct etcd_store {
-    store base;                    /* must be first: store * is cast to this */
-    char *eps[MAX_ENDPOINTS];      /* endpoint URLs, without trailing '/' */
-    size_t neps;                   /* how many */
-    char *endpoints;               /* as given, for messages */
-    char *prefix;                  /* etcd key prefix, no trailing '/' ("" for "/") */
-    char *user, *password;         /* NULL: no auth */
-    char *cert, *key, *ca;         /* TLS files, may be NULL */
-    bool verify;                   /* verify etcd's certificate */
-    uint64_t timeout_ms;           /* per call, and per request when bracketed */
-    int history;                   /* ring capacity */
+    store base;               /* must be first: store * is cast to this */
+    char *eps[MAX_ENDPOINTS]; /* endpoint URLs, without trailing '/' */
+    size_t neps;              /* how many */
+    char *endpoints;          /* as given, for messages */
+    char *prefix;             /* etcd key prefix, no trailing '/' ("" for "/") */
+    char *user, *password;    /* NULL: no auth */
+    char *cert, *key, *ca;    /* TLS files, may be NULL */
+    bool verify;              /* verify etcd's certificate */
+    uint64_t timeout_ms;      /* per call, and per request when bracketed */
+    int history;              /* ring capacity */
 
     /* loop thread */
-    struct conn lc;                /* loop thread's connection */
-    uint64_t deadline_ms;          /* end of the current request's budget, 0: none */
-    int64_t applied;               /* last revision handed to s->watch */
-    int64_t floor;                 /* changes_since works from here */
-    struct hent *ring;             /* history, capacity history */
-    size_t ring_head, ring_len;    /* oldest entry, count */
-    uv_async_t async;              /* wakes the loop for queued events */
-    bool started;                  /* async initialized, thread running */
+    struct conn lc;             /* loop thread's connection */
+    uint64_t deadline_ms;       /* end of the current request's budget, 0: none */
+    int64_t applied;            /* last revision handed to s->watch */
+    int64_t floor;              /* changes_since works from here */
+    struct hent *ring;          /* history, capacity history */
+    size_t ring_head, ring_len; /* oldest entry, count */
+    uv_async_t async;           /* wakes the loop for queued events */
+    bool started;               /* async initialized, thread running */
 
     /* watch thread */
-    pthread_t thread;              /* runs watch_main */
-    CURLM *multi;                  /* its multi handle (woken by store_stop) */
-    struct conn wc;                /* its connection for ranges and auth */
-    int64_t w_next;                /* next revision to watch from (0: unknown) */
-    char *wbuf;                    /* partial watch message */
-    size_t wlen, wcap;             /* its length and allocation */
-    int w_state;                   /* see enum wstate */
-    bool w_created;                /* current watch was acknowledged */
-    bool w_down;                   /* a failure was logged; log the recovery */
-    int w_backoff;                 /* ms before the next attempt */
-    char w_err[512];               /* why the current watch ended */
+    pthread_t thread;  /* runs watch_main */
+    CURLM *multi;      /* its multi handle (woken by store_stop) */
+    struct conn wc;    /* its connection for ranges and auth */
+    int64_t w_next;    /* next revision to watch from (0: unknown) */
+    char *wbuf;        /* partial watch message */
+    size_t wlen, wcap; /* its length and allocation */
+    int w_state;       /* see enum wstate */
+    bool w_created;    /* current watch was acknowledged */
+    bool w_down;       /* a failure was logged; log the recovery */
+    int w_backoff;     /* ms before the next attempt */
+    char w_err[512];   /* why the current watch ended */
 
     /* shared, under mu */
-    pthread_mutex_t mu;            /* guards the fields below */
-    struct wev *qhead, *qtail;     /* events for the loop, in order */
-    bool stop;                     /* the watch thread must end */
-    char *token;                   /* auth token, or NULL */
+    pthread_mutex_t mu;        /* guards the fields below */
+    struct wev *qhead, *qtail; /* events for the loop, in order */
+    bool stop;                 /* the watch thread must end */
+    char *token;               /* auth token, or NULL */
 };
 
 enum wstate { WS_OK, WS_COMPACTED, WS_BACKWARDS, WS_ERROR };
@@ -485,12 +485,12 @@ static enum call_result post_once(struct conn *c, size_t ep, const char *path, c
     snprintf(err, errlen, "%s: %s (HTTP %ld)", e->eps[ep],
              msg ? msg : (status == 200 ? "unreadable response" : "error"), status);
     enum call_result r = CALL_ETCD;
-    if (*grpc_code == 16 || (msg && (strstr(msg, "invalid auth token") ||
-                                     strstr(msg, "user name is empty") ||
-                                     strstr(msg, "auth: revision in header is old"))))
+    if (*grpc_code == 16 ||
+        (msg && (strstr(msg, "invalid auth token") || strstr(msg, "user name is empty") ||
+                 strstr(msg, "auth: revision in header is old"))))
         r = CALL_AUTH;
-    else if (status == 503 || status == 429 || status == 502 || status == 504 ||
-             *grpc_code == 14 || *grpc_code == 8)
+    else if (status == 503 || status == 429 || status == 502 || status == 504 || *grpc_code == 14 ||
+             *grpc_code == 8)
         r = CALL_BUSY; /* no leader, leader changed, not ready, a proxy in front */
     json_decref(j);
     return r;
@@ -500,8 +500,8 @@ static enum call_result post_once(struct conn *c, size_t ep, const char *path, c
 static int authenticate(struct conn *c, size_t ep, uint64_t budget_ms, char *err, size_t errlen)
 {
     struct etcd_store *e = c->e;
-    json_t *req = json_pack("{s:s, s:s}", "name", e->user, "password",
-                            e->password ? e->password : "");
+    json_t *req =
+        json_pack("{s:s, s:s}", "name", e->user, "password", e->password ? e->password : "");
     char *body = json_dumps(req, JSON_COMPACT);
     json_decref(req);
     if (!body) {
@@ -573,9 +573,10 @@ again:;
         uint64_t now = now_ms();
         if (now >= deadline) {
             if (tl < sizeof(tried))
-                tl += (size_t)snprintf(tried + tl, sizeof(tried) - tl, "%s%s: not tried (%.1f s "
-                                       "timeout spent)", tl ? "; " : "", e->eps[ep],
-                                       (double)budget_ms / 1000.0);
+                tl += (size_t)snprintf(tried + tl, sizeof(tried) - tl,
+                                       "%s%s: not tried (%.1f s "
+                                       "timeout spent)",
+                                       tl ? "; " : "", e->eps[ep], (double)budget_ms / 1000.0);
             continue;
         }
         char why[512];
@@ -590,8 +591,8 @@ again:;
                 rc = -EACCES;
                 goto out;
             } else
-                r = post_once(c, ep, path, body, deadline - now_ms(), true, out, why,
-                              sizeof(why), &code);
+                r = post_once(c, ep, path, body, deadline - now_ms(), true, out, why, sizeof(why),
+                              &code);
         } else {
             r = post_once(c, ep, path, body, deadline - now, true, out, why, sizeof(why), &code);
         }
@@ -611,9 +612,7 @@ again:;
         }
         if (r == CALL_AUTH || r == CALL_ETCD) {
             snprintf(err, errlen, "%.440s", why);
-            rc = code == 11 || strstr(why, "compacted") ? -ERANGE
-                 : r == CALL_AUTH                       ? -EACCES
-                                                        : -EIO;
+            rc = code == 11 || strstr(why, "compacted") ? -ERANGE : r == CALL_AUTH ? -EACCES : -EIO;
             goto out;
         }
         busy |= r == CALL_BUSY;
@@ -623,15 +622,14 @@ again:;
     /* Next time start with the endpoint after the one that failed first. */
     c->ep = (c->ep + 1) % e->neps;
     uint64_t now = now_ms();
-    if (busy && now + pause_ms + 20 < deadline &&
-        !(c->watch_thread && stopping(e))) {
+    if (busy && now + pause_ms + 20 < deadline && !(c->watch_thread && stopping(e))) {
         struct timespec ts = {0, (long)pause_ms * 1000000L};
         nanosleep(&ts, NULL);
         pause_ms = pause_ms * 2 > 400 ? 400 : pause_ms * 2;
         goto again;
     }
-    snprintf(err, errlen, "no endpoint answered (timeout %.1f s): %s",
-             (double)budget_ms / 1000.0, tried);
+    snprintf(err, errlen, "no endpoint answered (timeout %.1f s): %s", (double)budget_ms / 1000.0,
+             tried);
     rc = -EIO;
 out:
     free(body);
@@ -736,7 +734,8 @@ static int et_list(store *s, const char *prefix, int64_t at_rev, store_item_fn f
         json_t *kv;
         char *last = NULL;
         size_t last_len = 0;
-        json_array_foreach(json_object_get(resp, "kvs"), i, kv) {
+        json_array_foreach(json_object_get(resp, "kvs"), i, kv)
+        {
             free(last);
             json_t *k = json_object_get(kv, "key");
             last = b64_decode(json_is_string(k) ? json_string_value(k) : "", &last_len);
@@ -775,13 +774,13 @@ static int et_list(store *s, const char *prefix, int64_t at_rev, store_item_fn f
 static int add_compares(struct etcd_store *e, json_t *cmp, const char *ekey, int64_t expect)
 {
     if (expect == STORE_ABSENT)
-        json_array_append_new(cmp, json_pack("{s:s, s:s, s:o, s:s}", "result", "EQUAL", "target",
-                                             "CREATE", "key", jb64_new(ekey), "create_revision",
-                                             "0"));
+        json_array_append_new(cmp,
+                              json_pack("{s:s, s:s, s:o, s:s}", "result", "EQUAL", "target",
+                                        "CREATE", "key", jb64_new(ekey), "create_revision", "0"));
     else if (expect > 0)
-        json_array_append_new(cmp, json_pack("{s:s, s:s, s:o, s:o}", "result", "EQUAL", "target",
-                                             "MOD", "key", jb64_new(ekey), "mod_revision",
-                                             jstr_i64(expect)));
+        json_array_append_new(cmp,
+                              json_pack("{s:s, s:s, s:o, s:o}", "result", "EQUAL", "target", "MOD",
+                                        "key", jb64_new(ekey), "mod_revision", jstr_i64(expect)));
     (void)e;
     return 0;
 }
@@ -800,9 +799,8 @@ static int add_guards(struct etcd_store *e, json_t *cmp, const struct store_writ
         } else {
             char *end = b64_range_end(gk);
             json_array_append_new(cmp, json_pack("{s:s, s:s, s:o, s:s, s:o}", "result", "LESS",
-                                                 "target", "MOD", "key", jb64_new(gk),
-                                                 "range_end", end, "mod_revision",
-                                                 jstr_i64(g->rev + 1)));
+                                                 "target", "MOD", "key", jb64_new(gk), "range_end",
+                                                 end, "mod_revision", jstr_i64(g->rev + 1)));
             free(end);
         }
         free(gk);
@@ -912,8 +910,7 @@ static int et_put(store *s, const char *key, const char *value, const struct sto
     json_t *resps = json_object_get(resp, "responses");
     if (!json_is_true(json_object_get(resp, "succeeded"))) {
         json_t *cur = json_array_get(
-            json_object_get(json_object_get(json_array_get(resps, 0), "response_range"), "kvs"),
-            0);
+            json_object_get(json_object_get(json_array_get(resps, 0), "response_range"), "kvs"), 0);
         rc = classify_failure(e, key, w->expect_mod_rev, cur, false);
         goto out;
     }
@@ -961,8 +958,8 @@ static int et_del(store *s, const char *key, const struct store_write *w, int64_
         goto out;
     }
     json_t *req = json_pack("{s:o, s:[{s:{s:o}}], s:[{s:{s:o}}]}", "compare", cmp, "success",
-                            "request_delete_range", "key", jb64_new(ek), "failure",
-                            "request_range", "key", jb64_new(ek));
+                            "request_delete_range", "key", jb64_new(ek), "failure", "request_range",
+                            "key", jb64_new(ek));
     rc = lcall(e, "delete", "/v3/kv/txn", req, &resp);
     json_decref(req);
     if (rc < 0) {
@@ -973,8 +970,7 @@ static int et_del(store *s, const char *key, const struct store_write *w, int64_
     json_t *resps = json_object_get(resp, "responses");
     if (!json_is_true(json_object_get(resp, "succeeded"))) {
         json_t *cur = json_array_get(
-            json_object_get(json_object_get(json_array_get(resps, 0), "response_range"), "kvs"),
-            0);
+            json_object_get(json_object_get(json_array_get(resps, 0), "response_range"), "kvs"), 0);
         rc = classify_failure(e, key, w->expect_mod_rev, cur, true);
         goto out;
     }
@@ -1211,7 +1207,8 @@ static void watch_message(struct etcd_store *e, const char *line, size_t len)
     struct wev *head = NULL, *tail = NULL;
     size_t i;
     json_t *ev;
-    json_array_foreach(json_object_get(res, "events"), i, ev) {
+    json_array_foreach(json_object_get(res, "events"), i, ev)
+    {
         json_t *kv = json_object_get(ev, "kv");
         int64_t rev = jint(kv, "mod_revision");
         if (rev < e->w_next)
@@ -1285,9 +1282,9 @@ static void watch_once(struct etcd_store *e, size_t ep)
 {
     char *pfx = to_etcd(e, "", true);
     char *end = pfx ? b64_range_end(pfx) : NULL;
-    json_t *req = json_pack("{s:{s:o, s:s, s:o}}", "create_request", "key",
-                            jb64_new(pfx ? pfx : "/"), "range_end", end ? end : "AA==",
-                            "start_revision", jstr_i64(e->w_next));
+    json_t *req =
+        json_pack("{s:{s:o, s:s, s:o}}", "create_request", "key", jb64_new(pfx ? pfx : "/"),
+                  "range_end", end ? end : "AA==", "start_revision", jstr_i64(e->w_next));
     free(pfx);
     free(end);
     char *body = json_dumps(req, JSON_COMPACT);

@@ -18,10 +18,10 @@
  * lives in meta, so it never goes back, even when every key is deleted.
  *
  * Every put/delete is one BEGIN IMMEDIATE transaction: read meta, check the
- * expected mod_rev and the guards (store_guard), write kv, append to changes, prune changes, store the new
- * revision, commit. Only after the commit is the watch called. The database
- * runs in WAL mode with synchronous=FULL, so a commit that returned has been
- * fsynced: it survives kill -9 and power loss.
+ * expected mod_rev and the guards (store_guard), write kv, append to changes,
+ * prune changes, store the new revision, commit. Only after the commit is the
+ * watch called. The database runs in WAL mode with synchronous=FULL, so a
+ * commit that returned has been fsynced: it survives kill -9 and power loss.
  *
  * One process owns the file (the control plane's loop thread); revision() and
  * changes_since() use the values cached after the last commit. Writes read the
@@ -232,8 +232,8 @@ static int check_guards(struct sqlite_store *q, const struct store_write *w)
             if (src != SQLITE_ROW && src != SQLITE_DONE)
                 return db_err(q, "checking a guard");
             if (created != g->rev) {
-                set_err(q, "key %s changed (create_rev %" PRId64 ", expected %" PRId64 ")",
-                        g->key, created, g->rev);
+                set_err(q, "key %s changed (create_rev %" PRId64 ", expected %" PRId64 ")", g->key,
+                        created, g->rev);
                 return -ESTALE;
             }
             continue;
@@ -521,8 +521,9 @@ static int sq_list(store *s, const char *prefix, int64_t at_rev, store_item_fn f
         prefix = "";
     /* One writer, and it is us: the file is always at q->rev. */
     if (at_rev != 0 && at_rev != q->rev) {
-        set_err(q, "sqlite store: revision %" PRId64 " cannot be read (the store is at %" PRId64
-                   ")", at_rev, q->rev);
+        set_err(q,
+                "sqlite store: revision %" PRId64 " cannot be read (the store is at %" PRId64 ")",
+                at_rev, q->rev);
         return -ERANGE;
     }
     if (read_rev)

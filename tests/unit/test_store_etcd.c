@@ -36,7 +36,7 @@
 #define ETCDCTL_BIN "/usr/bin/etcdctl"
 
 static char tmpdir[] = "/tmp/airgw-test-etcd-XXXXXX";
-static char url[64];      /* the etcd's client URL */
+static char url[64]; /* the etcd's client URL */
 static int client_port, peer_port;
 static pid_t etcd_pid = -1;
 
@@ -110,8 +110,8 @@ static int etcd_start(void)
         }
         execl(ETCD_BIN, "etcd", "--name", "t", "--data-dir", data, "--listen-client-urls", curls,
               "--advertise-client-urls", curls, "--listen-peer-urls", purls,
-              "--initial-advertise-peer-urls", purls, "--initial-cluster", cluster,
-              "--log-level", "error", (char *)NULL);
+              "--initial-advertise-peer-urls", purls, "--initial-cluster", cluster, "--log-level",
+              "error", (char *)NULL);
         _exit(127);
     }
     etcd_pid = pid;
@@ -812,8 +812,12 @@ static void test_authentication(void)
     REQUIRE(ctl(NULL, 0, "user", "grant-role", "root", "root", NULL) == 0);
     REQUIRE(ctl(NULL, 0, "auth", "enable", NULL) == 0);
 
-    struct store_etcd_opts o = {.endpoints = url, .prefix = "/t-auth", .timeout = 5,
-                                .user = "root", .password = "rootpw", .history = 10};
+    struct store_etcd_opts o = {.endpoints = url,
+                                .prefix = "/t-auth",
+                                .timeout = 5,
+                                .user = "root",
+                                .password = "rootpw",
+                                .history = 10};
     char err[512] = "";
     store *s = NULL;
     int rc = store_etcd_open(&o, &s, err, sizeof(err));
@@ -900,18 +904,23 @@ static void test_tls_with_client_certificates(void)
             dup2(fd, 1);
             dup2(fd, 2);
         }
-        execl(ETCD_BIN, "etcd", "--name", "tls", "--data-dir", data, "--listen-client-urls",
-              curls, "--advertise-client-urls", curls, "--listen-peer-urls", purls,
-              "--initial-advertise-peer-urls", purls, "--initial-cluster", cluster,
-              "--cert-file", f[1], "--key-file", f[2], "--trusted-ca-file", f[0],
-              "--client-cert-auth", "--log-level", "error", (char *)NULL);
+        execl(ETCD_BIN, "etcd", "--name", "tls", "--data-dir", data, "--listen-client-urls", curls,
+              "--advertise-client-urls", curls, "--listen-peer-urls", purls,
+              "--initial-advertise-peer-urls", purls, "--initial-cluster", cluster, "--cert-file",
+              f[1], "--key-file", f[2], "--trusted-ca-file", f[0], "--client-cert-auth",
+              "--log-level", "error", (char *)NULL);
         _exit(127);
     }
     char cli_key[256];
     snprintf(cli_key, sizeof(cli_key), "%s/cli.key", tmpdir);
-    struct store_etcd_opts o = {.endpoints = curls, .prefix = "/t-tls", .timeout = 5,
-                                .tls_cert = f[3], .tls_key = cli_key, .tls_ca = f[0],
-                                .tls_verify = 1, .history = 10};
+    struct store_etcd_opts o = {.endpoints = curls,
+                                .prefix = "/t-tls",
+                                .timeout = 5,
+                                .tls_cert = f[3],
+                                .tls_key = cli_key,
+                                .tls_ca = f[0],
+                                .tls_verify = 1,
+                                .history = 10};
     /* Wait for it: the store answers once etcd does. */
     store *s = NULL;
     char err[512] = "";
