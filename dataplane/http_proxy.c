@@ -410,6 +410,12 @@ static void answer_local(struct hp_client *c, int status, const char *json_msg, 
     if (!keep)
         r->flags |= RQ_CLOSE;
     c->state = CS_PROXY;
+    if (r->flags & RQ_HEAD) {
+        /* HEAD: the head alone (a body would be read as the next response). */
+        char *e = memmem(buf, len, "\r\n\r\n", 4);
+        if (e)
+            len = (size_t)(e + 4 - buf);
+    }
     uv_buf_t b = uv_buf_init(buf, (unsigned)len);
     hp_client_send(c, &b, 1);
     free(buf);

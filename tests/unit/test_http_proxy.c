@@ -2552,14 +2552,19 @@ static void test_plugin_stop(void)
     CHECK_CONTAINS(r.head, "X-HF: A\nX-HF: B");
     CHECK(r.keepalive);
     CHECK(e.u->reqs == 0);
+    /* HEAD: the answer's head only, the connection stays usable */
+    cli_send(&c, "HEAD /x HTTP/1.1\r\nHost: h\r\n\r\n");
+    REQUIRE(cli_read(&c, &r, 1) == 0);
+    CHECK(r.status == 401);
+    CHECK_CONTAINS(r.head, "Content-Length: 34");
     /* the connection goes on */
     tp.stop_in = 0;
     cli_send(&c, "GET /y HTTP/1.1\r\nHost: h\r\n\r\n");
     REQUIRE(cli_read(&c, &r, 0) == 0);
     CHECK(r.status == 200);
     cli_close(&c);
-    wait_logs(2);
-    CHECK(tp.logs == 2);
+    wait_logs(3);
+    CHECK(tp.logs == 3);
     CHECK(strstr(tp.trace, "ac:A hf:A401 hf:B401 log:A log:B") != NULL);
     cresp_free(&r);
     env_stop(&e);
