@@ -2271,6 +2271,7 @@ static struct {
     int read_body;           /* 1: A's access reads the body (max body_max) */
     size_t body_max;
     int body_answer;         /* with read_body: answer "got:<body>", else go on */
+    int consumer;            /* 1: A's access attaches consumer "jack" */
     atomic_int aborts;       /* abort callbacks run */
     atomic_int logs;         /* log phases run */
     int log_status;          /* the status the last log saw */
@@ -2371,11 +2372,17 @@ static void tp_body_abort(void *ud)
     tp.aborts++;
 }
 
+static const struct consumer_rt tp_jack = {.username = "jack"};
+
 static int tp_access(struct plugin_req *r, void *state, void **data)
 {
     tp_trace("ac", TP_NAME(state));
     if (strcmp(TP_NAME(state), "A") == 0) {
         CHECK(*data && strcmp(*data, "A-data") == 0);
+        if (tp.consumer) {
+            plugin_req_set_consumer(r, &tp_jack);
+            CHECK(plugin_req_consumer(r) == &tp_jack);
+        }
         if (tp.stop_in) {
             plugin_respond_message(r, 401, "Missing \"API\" key");
             return PLUGIN_STOP;
@@ -2448,7 +2455,7 @@ static struct plugin_chain *tp_gchains[1];
 static void tp_setup(struct route_rt *rt, bool global)
 {
     memset(&tp.trace, 0, sizeof(tp.trace));
-    tp.stop_in = tp.async = tp.async_answer = tp.read_body = tp.body_answer = 0;
+    tp.stop_in = tp.async = tp.async_answer = tp.read_body = tp.body_answer = tp.consumer = 0;
     tp.aborts = tp.logs = 0;
     tp.log_status = 0;
     tp.body_seen[0] = '\0';
@@ -2505,6 +2512,26 @@ static void test_plugin_phases_and_edits(void)
     env_stop(&e);
     fk.snap.gchains = NULL;
     fk.snap.ngchains = 0;
+}
+
+/* chash with hash_on consumer: the key is the consumer a plugin attached
+ * in access (computed after the plugins), else remote_addr. */
+static void test_plugin_consumer_chash(void)
+{
+    struct env e;
+    REQUIRE(env_start(&e, NULL) == 0);
+    json_t *conf = json_pack("{s:s}", "type", "chash");
+    e.up->conf = conf;
+    e.up->key = (char *)"consumer_name";
+    tp_setup(e.rt, false);
+    tp.consumer = 1;
+    struct cresp r = {0};
+    REQUIRE(roundtrip("GET /c HTTP/1.1\r\nHost: h\r\n\r\n", &r) == 0);
+    CHECK(r.status == 200);
+    CHECK_STREQ(fk.last_key, "jack");
+    cresp_free(&r);
+    env_stop(&e);
+    json_decref(conf);
 }
 
 static void test_plugin_global_rule_on_404(void)
@@ -2733,6 +2760,7 @@ int main(int argc, char **argv)
     pthread_mutex_init(&tp.mu, NULL);
     T(test_plugin_phases_and_edits);
     T(test_plugin_global_rule_on_404);
+    T(test_plugin_consumer_chash);
     T(test_plugin_stop);
     T(test_plugin_async);
     T(test_plugin_read_body);
