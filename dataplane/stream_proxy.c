@@ -44,6 +44,13 @@ enum sstate { S_CONNECT_WAIT, S_UP_CONNECTING, S_PROXYING, S_FLUSHING, S_CLOSING
 
 struct sconn;
 
+/* A TCP address without sockaddr_storage's 128 bytes. */
+union tcp_addr {
+    struct sockaddr sa;
+    struct sockaddr_in in;
+    struct sockaddr_in6 in6;
+};
+
 /* What stream plugins see of a connection (plugin.h); made when the
  * preread phase starts, freed after stream_log. */
 struct plugin_stream {
@@ -51,8 +58,8 @@ struct plugin_stream {
     const struct plugin_chain *chain;   /* the route's (lives as long as c->snap) */
     const struct consumer_rt *consumer; /* set by an auth plugin (borrowed from c->snap) */
     const struct mqtt_connect *mc;      /* during preread on an mqtt-proxy route, else NULL */
-    struct sockaddr_storage remote;     /* client address */
-    struct sockaddr_storage server;     /* the address the client reached */
+    union tcp_addr remote;              /* client address */
+    union tcp_addr server;              /* the address the client reached */
     char *subject, *cn;                 /* the client certificate's, once asked; NULL: none */
     int deny;                           /* enum mqtt_refusal from plugin_stream_deny, or -1 */
     unsigned subject_done : 1, cn_done : 1;
@@ -742,9 +749,9 @@ static bool run_preread(struct sconn *c, const struct mqtt_connect *mc)
     ps->chain = ch;
     ps->deny = -1;
     int len = sizeof(ps->remote);
-    uv_tcp_getpeername(&c->client, (struct sockaddr *)&ps->remote, &len);
+    uv_tcp_getpeername(&c->client, &ps->remote.sa, &len);
     len = sizeof(ps->server);
-    uv_tcp_getsockname(&c->client, (struct sockaddr *)&ps->server, &len);
+    uv_tcp_getsockname(&c->client, &ps->server.sa, &len);
     c->ps = ps;
     ps->mc = mc;
     const char *stopper = NULL;
@@ -1339,12 +1346,12 @@ void stream_proxy_get_stats(const struct stream_proxy *p, struct stream_proxy_st
 
 const struct sockaddr *plugin_stream_remote(struct plugin_stream *s)
 {
-    return s->remote.ss_family ? (const struct sockaddr *)&s->remote : NULL;
+    return s->remote.sa.sa_family ? &s->remote.sa : NULL;
 }
 
 const struct sockaddr *plugin_stream_server(struct plugin_stream *s)
 {
-    return s->server.ss_family ? (const struct sockaddr *)&s->server : NULL;
+    return s->server.sa.sa_family ? &s->server.sa : NULL;
 }
 
 const char *plugin_stream_route_id(struct plugin_stream *s)

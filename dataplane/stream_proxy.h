@@ -27,6 +27,17 @@
  * timeout; a failed handshake is a failed connect). Either side may be TLS
  * or plain; backpressure counts ciphertext, and a TLS side half-closes with
  * close_notify then FIN (a peer's close_notify is its EOF).
+ *
+ * Plugins: a stream route's plugin chain (plugin.h) runs its preread phase
+ * once the route is known (on an mqtt-proxy route: once the CONNECT passed
+ * the version and client id checks), before a node is picked; a
+ * plugin_stream_deny becomes the refusal CONNACK for the client's version
+ * (or a close on plain TCP). The consumer a plugin sets is the chash key of
+ * upstreams with hash_on "consumer" (none: the client address). stream_log
+ * runs for every instance of the chain when the connection closes, if
+ * preread ran. This file implements plugin.h's plugin_stream_* functions;
+ * plugin_stream_mqtt is non-NULL during preread only (its views point into
+ * the CONNECT buffer, which is gone once forwarded).
  */
 #ifndef AIRGW_DP_STREAM_PROXY_H
 #define AIRGW_DP_STREAM_PROXY_H
