@@ -21,6 +21,8 @@ for subs in 4 32; do
     done
 done
 echo
+python3 tests/bench/bench_etcd.py --build-dir build --changes 200 --writes 1000 --rounds 3
+echo
 echo "### Route matching (ns per match, median of 5 rounds of 1,000,000)"
 echo
 echo '```'
@@ -43,4 +45,8 @@ fi
 if [ -x tests/bench/bench_plugins.sh ]; then
     echo
     bash tests/bench/bench_plugins.sh
+fi
+if [ -x tests/bench/bench_device_api.sh ]; then
+    echo
+    bash tests/bench/bench_device_api.sh
 fi
