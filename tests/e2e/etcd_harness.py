@@ -25,10 +25,10 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import tempfile
 import threading
-import time
 import urllib.error
 import urllib.request
 
@@ -104,16 +104,22 @@ class EtcdError(Exception):
 class EtcdClient:
     """Requests to etcd's JSON gateway (http://HOST:PORT/v3/...)."""
 
-    def __init__(self, url, timeout=5):
+    def __init__(self, url, timeout=5, tls=None):
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.ssl = None
+        if tls:  # {"ca": file, "cert": file, "key": file} for an https etcd
+            self.ssl = ssl.create_default_context(cafile=tls.get("ca"))
+            if tls.get("client_cert"):
+                self.ssl.load_cert_chain(tls["client_cert"], tls["client_key"])
 
     def call(self, path, body, timeout=None):
         req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"},
                                      method="POST")
         try:
-            with urllib.request.urlopen(req, timeout=timeout or T(self.timeout)) as r:
+            with urllib.request.urlopen(req, timeout=timeout or T(self.timeout),
+                                        context=self.ssl) as r:
                 return json.loads(r.read() or b"{}")
         except urllib.error.HTTPError as e:
             raise EtcdError(e.code, e.read().decode("utf-8", "replace"))
@@ -162,10 +168,15 @@ class EtcdClient:
         r = self.call("/v3/lease/timetolive", {"ID": str(lease_id)})
         return int(r.get("TTL", -1))
 
+    def status(self):
+        """(member id, leader id) as this member sees them."""
+        r = self.call("/v3/maintenance/status", {})
+        return int(r["header"]["member_id"]), int(r.get("leader", 0))
+
     def healthy(self, timeout=1.0):
         try:
             req = urllib.request.Request(self.url + "/health")
-            with urllib.request.urlopen(req, timeout=timeout) as r:
+            with urllib.request.urlopen(req, timeout=timeout, context=self.ssl) as r:
                 return json.loads(r.read()).get("health") == "true"
         except (OSError, ValueError):
             return False
@@ -196,8 +207,11 @@ class Etcd:
     stop_last = True
 
     def __init__(self, name="etcd", cluster=None, client_port=None, peer_port=None,
-                 token=None, extra=None):
+                 token=None, extra=None, tls=None):
         self.name = name
+        # tls: {"cert", "key": server files, "ca": CA file; with "client_cert",
+        # "client_key" etcd requires client certificates signed by ca}
+        self.tls = tls
         self.client_port = client_port or free_port()
         self.peer_port = peer_port or free_port()
         self.cluster = cluster  # "n1=http://...,n2=..." or None (alone)
@@ -212,14 +226,23 @@ class Etcd:
 
     @property
     def url(self):
-        return "http://127.0.0.1:%d" % self.client_port
+        return "%s://127.0.0.1:%d" % ("https" if self.tls else "http", self.client_port)
 
     @property
     def peer_url(self):
         return "http://127.0.0.1:%d" % self.peer_port
 
-    def client(self):
-        return EtcdClient(self.url)
+    def client(self, timeout=5):
+        return EtcdClient(self.url, timeout=timeout, tls=self.tls)
+
+    def ctl_args(self):
+        """etcdctl flags for this member's TLS (none without)."""
+        if not self.tls:
+            return []
+        a = ["--cacert", self.tls["ca"]]
+        if self.tls.get("client_cert"):
+            a += ["--cert", self.tls["client_cert"], "--key", self.tls["client_key"]]
+        return a
 
     def argv(self):
         return [ETCD_BIN, "--name", self.name, "--data-dir", self.data_dir,
@@ -229,7 +252,15 @@ class Etcd:
                 "--initial-cluster", self.cluster or "%s=%s" % (self.name, self.peer_url),
                 "--initial-cluster-token", self.token, "--initial-cluster-state", "new",
                 "--heartbeat-interval", "50", "--election-timeout", "500",
-                "--logger", "zap", "--log-outputs", "stderr"] + self.extra
+                "--logger", "zap", "--log-outputs", "stderr"] + self.tls_flags() + self.extra
+
+    def tls_flags(self):
+        if not self.tls:
+            return []
+        a = ["--cert-file", self.tls["cert"], "--key-file", self.tls["key"]]
+        if self.tls.get("client_cert"):
+            a += ["--client-cert-auth", "--trusted-ca-file", self.tls["ca"]]
+        return a
 
     def start(self, wait=True):
         why = available()
@@ -249,7 +280,7 @@ class Etcd:
 
     def wait_ready(self, timeout=10):
         """Waits until the member answers a read (so a leader exists)."""
-        c = EtcdClient(self.url, timeout=1)
+        c = self.client(timeout=1)
 
         def ready():
             if self.proc.poll() is not None:
@@ -258,7 +289,11 @@ class Etcd:
             try:
                 c.revision()
                 return True
-            except (OSError, EtcdError, ValueError, KeyError):
+            except EtcdError as e:
+                # With authentication on, a refusal for want of a user is
+                # an answer too (a leader exists).
+                return any(w in e.body for w in ("user name", "auth", "permission denied", "CommonName"))
+            except (OSError, ValueError, KeyError):
                 return False
         if not wait_until(ready, T(timeout), interval=0.05):
             raise Fail("%s not ready within %.0fs: %s" % (self.name, T(timeout),
@@ -283,6 +318,7 @@ class Etcd:
         if p.poll() is not None:
             self._close()
             raise Fail("%s had already exited (rc %s)" % (self.name, p.returncode))
+        p.send_signal(signal.SIGCONT)  # in case a test paused it
         p.send_signal(signal.SIGTERM)
         try:
             rc = p.wait(timeout=timeout or T(10))
@@ -356,6 +392,20 @@ class EtcdCluster:
     @property
     def urls(self):
         return [m.url for m in self.members]
+
+    def leader(self):
+        """Index of the leader among the running members (None if unknown)."""
+        ids, leader = {}, None
+        for i, m in enumerate(self.members):
+            if not m.running():
+                continue
+            try:
+                mid, lid = m.client().status()
+            except (OSError, EtcdError, ValueError, KeyError):
+                continue
+            ids[mid] = i
+            leader = lid or leader
+        return ids.get(leader)
 
     def start(self):
         for m in self.members:

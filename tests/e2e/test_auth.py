@@ -2,6 +2,9 @@
 
 from harness import (check, eq, expect_error, expect_json, expect_status, minimal, uid)
 
+# Also run against a real etcd (run_all.py --store etcd).
+STORES = ("sqlite", "etcd")
+
 ADMIN = "auth-admin-key-0123456789"
 VIEWER = "auth-viewer-key-9876543210"
 

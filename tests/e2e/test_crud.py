@@ -10,6 +10,9 @@ import time
 from harness import (KINDS, TEST_CERT, TEST_KEY, T, check, eq, expect_error, expect_json,
                      expect_status, minimal, uid, upstream_conf)
 
+# Also run against a real etcd (run_all.py --store etcd).
+STORES = ("sqlite", "etcd")
+
 NOT_FOUND = {"message": "Key not found"}
 
 

@@ -2,6 +2,9 @@
 
 from harness import KINDS, check, eq, expect_error, expect_json, expect_status, upstream_conf
 
+# Also run against a real etcd (run_all.py --store etcd).
+STORES = ("sqlite", "etcd")
+
 N = 25
 
 

@@ -4,7 +4,11 @@ import os
 import threading
 import time
 
-from harness import (KINDS, check, eq, expect_json, expect_status, minimal, upstream_conf)
+from harness import (KINDS, check, eq, expect_json, expect_status, minimal, stores,
+                     upstream_conf)
+
+# Also run against a real etcd (run_all.py --store etcd).
+STORES = ("sqlite", "etcd")
 
 NOT_FOUND = {"message": "Key not found"}
 
@@ -82,6 +86,7 @@ def test_revisions_are_consecutive(ctx):
     eq((h["createdIndex"], h["modifiedIndex"]), (r0 + 5, r0 + 5), "GET indexes")
 
 
+@stores("sqlite")  # about the SQLite file
 def test_store_flag_puts_database_there(ctx):
     dbdir = ctx.tmpdir()
     db = os.path.join(dbdir, "elsewhere.db")

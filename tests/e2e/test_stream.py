@@ -7,7 +7,10 @@ import struct
 import time
 
 from harness import (TEST_KEY, Fail, check, eq, expect_status, minimal, upstream_conf,
-                     wait_until, T)
+                     wait_until, T, stores)
+
+# Also run against a real etcd (run_all.py --store etcd).
+STORES = ("sqlite", "etcd")
 
 
 def strip_key(v):
@@ -42,6 +45,7 @@ def quiet(w, start, seconds=0.4):
 # snapshot
 
 
+@stores("sqlite")  # on a shared etcd an empty prefix is still at etcd's revision
 def test_snapshot_of_empty_store(ctx):
     d = ctx.daemon()
     w = ctx.watch(d, revision=0)
@@ -244,6 +248,7 @@ def test_resume_from_the_future_gets_snapshot(ctx):
     eq([m["key"] for m in puts], ["/apisix/upstreams/u0"], "snapshot keys")
 
 
+@stores("sqlite")  # etcd: the history ring is in memory; a snapshot after a restart
 def test_resume_after_control_plane_restart(ctx):
     d = ctx.daemon()
     d.must("PUT", "upstreams/u0", upstream_conf(), status=201)
