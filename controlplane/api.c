@@ -247,6 +247,8 @@ static int write_resource(struct api_ctx *ctx, enum gw_kind kind, const char *id
         status = store_error(ctx->st, out, rc);
         goto done;
     }
+    if (it.mod_rev > ctx->last_write_rev)
+        ctx->last_write_rev = it.mod_rev;
     status = reply(out, existing ? 200 : 201, item_json(kind, &it));
     store_item_clear(&it);
 done:
@@ -487,9 +489,12 @@ static int do_post(struct api_ctx *ctx, enum gw_kind kind, const struct api_req 
         return status;
     /* Ids are the store revision at creation, zero-padded as etcd-era APISIX
      * did; a clash (another writer took it) moves on to the next number. */
+    int64_t base = store_revision(ctx->st);
+    if (ctx->last_write_rev > base)
+        base = ctx->last_write_rev;
     for (int attempt = 0; attempt < 8; attempt++) {
         char id[32];
-        snprintf(id, sizeof(id), "%020lld", (long long)store_revision(ctx->st) + 1 + attempt);
+        snprintf(id, sizeof(id), "%020lld", (long long)base + 1 + attempt);
         json_t *c = json_deep_copy(conf);
         if ((status = precheck(kind, c, id, 0, 0, out))) {
             json_decref(c);

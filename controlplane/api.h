@@ -24,6 +24,8 @@ typedef const char *(*api_arg_fn)(void *ud, const char *name);
 struct api_ctx {
     store *st;                 /* configuration store */
     struct stream_server *ss;  /* for the data plane listing, may be NULL */
+    int64_t last_write_rev;    /* revision of this control plane's latest write: POST ids
+                                  start above it even before the etcd watch reports it */
 };
 
 struct api_req {
