@@ -18,9 +18,9 @@
 
 #define LIMITS_MAGIC 0x6c696d31u /* "lim1" */
 #define SLOT_MASK (SHM_LIMITS_SLOTS - 1)
-#define TICK_NS 10000000ull            /* count windows: 10 ms ticks */
-#define GRACE_MS 1000ull               /* an expired slot is reused after this */
-#define BUSY_HI 0xffffffff00000000ull  /* state while a claim is in progress: BUSY_HI | pid */
+#define TICK_NS 10000000ull              /* count windows: 10 ms ticks */
+#define GRACE_MS 1000ull                 /* an expired slot is reused after this */
+#define BUSY_HI 0xffffffff00000000ull    /* state while a claim is in progress: BUSY_HI | pid */
 #define STALE_MS (100ull * 86400 * 1000) /* a count entry untouched this long starts afresh */
 #define NS_PER_MS 1000000ull
 
@@ -35,19 +35,19 @@ struct entry {
 
 struct header {
     uint32_t magic;
-    uint32_t nworkers;          /* rows of held[] */
-    uint64_t epoch_ns;          /* CLOCK_MONOTONIC at creation */
-    uint64_t size;              /* bytes of the region */
-    _Atomic uint64_t full;      /* operations that found the table full */
+    uint32_t nworkers;     /* rows of held[] */
+    uint64_t epoch_ns;     /* CLOCK_MONOTONIC at creation */
+    uint64_t size;         /* bytes of the region */
+    _Atomic uint64_t full; /* operations that found the table full */
     uint64_t pad[4];
 };
 
 struct shm_limits {
-    int fd;                     /* memfd */
-    size_t size;                /* mapping length */
-    struct header *h;           /* the mapping */
-    struct entry *e;            /* SHM_LIMITS_SLOTS entries */
-    _Atomic uint32_t *held;     /* [nworkers][SHM_LIMITS_SLOTS]: conn holds per worker */
+    int fd;                 /* memfd */
+    size_t size;            /* mapping length */
+    struct header *h;       /* the mapping */
+    struct entry *e;        /* SHM_LIMITS_SLOTS entries */
+    _Atomic uint32_t *held; /* [nworkers][SHM_LIMITS_SLOTS]: conn holds per worker */
 };
 
 static uint64_t mono_ns(void)
@@ -308,8 +308,7 @@ static void set_expires(struct entry *e, uint64_t ms)
 static void raise_expires(struct entry *e, uint64_t ms)
 {
     uint64_t cur = atomic_load_explicit(&e->expires, memory_order_acquire);
-    while ((cur < ms || cur == UINT64_MAX) &&
-           !atomic_compare_exchange_weak(&e->expires, &cur, ms))
+    while ((cur < ms || cur == UINT64_MAX) && !atomic_compare_exchange_weak(&e->expires, &cur, ms))
         ;
 }
 
@@ -324,6 +323,8 @@ static int count_fixed(struct shm_limits *l, uint64_t key, uint64_t count, uint6
 {
     uint64_t win_ticks = div_up(window_ms * NS_PER_MS, TICK_NS);
     uint32_t now_tick = (uint32_t)(now / TICK_NS);
+    if (now_tick == 0xffffffffu)
+        now_tick--; /* a state with all-ones high bits reads as a busy mark */
     uint64_t now_ms = now / NS_PER_MS;
     for (;;) {
         int idx = slot_of(l, key, now);
@@ -339,8 +340,8 @@ static int count_fixed(struct shm_limits *l, uint64_t key, uint64_t count, uint6
             uint32_t elapsed = now_tick - start;
             if ((int32_t)elapsed < 0)
                 elapsed = 0; /* another process read the clock a bit later */
-            int roll = n == 0 || elapsed >= win_ticks ||
-                       (exp != UINT64_MAX && now_ms > exp + STALE_MS);
+            int roll =
+                n == 0 || elapsed >= win_ticks || (exp != UINT64_MAX && now_ms > exp + STALE_MS);
             uint64_t ns;
             if (roll) {
                 start = now_tick;
@@ -552,8 +553,8 @@ static void conn_sub(struct shm_limits *l, uint32_t slot, uint32_t gen, uint32_t
     struct entry *e = &l->e[slot];
     uint64_t s = atomic_load_explicit(&e->state, memory_order_acquire);
     for (;;) {
-        if (is_busy(s) || (uint32_t)(s >> 32) != gen || kind_of(atomic_load(&e->key)) !=
-                                                              SHM_LIMITS_CONN)
+        if (is_busy(s) || (uint32_t)(s >> 32) != gen ||
+            kind_of(atomic_load(&e->key)) != SHM_LIMITS_CONN)
             return; /* the entry moved on: nothing of ours is in it */
         uint32_t cur = (uint32_t)s;
         uint32_t take = n < cur ? n : cur;

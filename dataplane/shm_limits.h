@@ -54,8 +54,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SHM_LIMITS_SLOTS 65536   /* entries (2 MiB) */
-#define SHM_LIMITS_PROBES 256    /* longest probe sequence */
+#define SHM_LIMITS_SLOTS 65536 /* entries (2 MiB) */
+#define SHM_LIMITS_PROBES 256  /* longest probe sequence */
 #define SHM_LIMITS_MAX_WORKERS 256
 
 struct shm_limits;

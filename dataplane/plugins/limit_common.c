@@ -252,27 +252,25 @@ void limit_common_stop(void)
     own_failed = true; /* late releases find no table rather than a new one */
 }
 
+/* nginx's reason phrases for the statuses a refusal is likely to use. */
+static const struct {
+    int code;
+    const char *text;
+} reasons[] = {
+    {400, "Bad Request"},      {401, "Unauthorized"},      {403, "Forbidden"},
+    {404, "Not Found"},        {405, "Not Allowed"},       {406, "Not Acceptable"},
+    {408, "Request Time-out"}, {409, "Conflict"},          {410, "Gone"},
+    {418, "I'm a teapot"},     {429, "Too Many Requests"}, {500, "Internal Server Error"},
+    {501, "Not Implemented"},  {502, "Bad Gateway"},       {503, "Service Temporarily Unavailable"},
+    {504, "Gateway Time-out"},
+};
+
 static const char *reason(int code)
 {
-    switch (code) {
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Not Allowed";
-    case 406: return "Not Acceptable";
-    case 408: return "Request Time-out";
-    case 409: return "Conflict";
-    case 410: return "Gone";
-    case 418: return "I'm a teapot";
-    case 429: return "Too Many Requests";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Temporarily Unavailable";
-    case 504: return "Gateway Time-out";
-    default: return code < 400 ? "OK" : code < 500 ? "Client Error" : "Server Error";
-    }
+    for (size_t i = 0; i < sizeof(reasons) / sizeof(reasons[0]); i++)
+        if (reasons[i].code == code)
+            return reasons[i].text;
+    return code < 400 ? "OK" : code < 500 ? "Client Error" : "Server Error";
 }
 
 void limit_reject(struct plugin_req *r, int code, const char *msg)

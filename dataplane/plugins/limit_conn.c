@@ -28,15 +28,15 @@
 #include "limit_common.h"
 
 struct limit_conn {
-    uint64_t conn;           /* concurrent requests admitted without delay */
-    uint64_t burst;          /* more admitted with a delay */
-    double unit_delay;       /* seconds; default_conn_delay, then adapted */
-    bool only_default;       /* only_use_default_delay */
-    struct limit_key key;    /* key, key_type */
-    char *owner;             /* the counters' owner (limit_owner) */
-    int rejected_code;       /* default 503 */
-    char *rejected_msg;      /* or NULL */
-    bool allow_degradation;  /* let requests through when the limiter fails */
+    uint64_t conn;          /* concurrent requests admitted without delay */
+    uint64_t burst;         /* more admitted with a delay */
+    double unit_delay;      /* seconds; default_conn_delay, then adapted */
+    bool only_default;      /* only_use_default_delay */
+    struct limit_key key;   /* key, key_type */
+    char *owner;            /* the counters' owner (limit_owner) */
+    int rejected_code;      /* default 503 */
+    char *rejected_msg;     /* or NULL */
+    bool allow_degradation; /* let requests through when the limiter fails */
 };
 
 struct wait;
@@ -50,9 +50,9 @@ struct conn_req {
 };
 
 struct wait {
-    uv_timer_t timer;      /* fires when it may go on */
-    struct plugin_req *r;  /* the suspended request */
-    struct conn_req *cr;   /* whose w points here */
+    uv_timer_t timer;     /* fires when it may go on */
+    struct plugin_req *r; /* the suspended request */
+    struct conn_req *cr;  /* whose w points here */
 };
 
 static void lcn_destroy(void *state)
@@ -73,8 +73,9 @@ static int lcn_create(const struct plugin_create_args *a, void **state, char *er
     json_int_t burst = json_integer_value(json_object_get(c, "burst"));
     double delay = json_number_value(json_object_get(c, "default_conn_delay"));
     if (conn <= 0 || burst < 0 || !(delay > 0)) {
-        snprintf(err, errlen, "conn must be positive, burst not negative, default_conn_delay "
-                              "positive");
+        snprintf(err, errlen,
+                 "conn must be positive, burst not negative, default_conn_delay "
+                 "positive");
         return -1;
     }
     struct limit_conn *lc = calloc(1, sizeof(*lc));
@@ -114,8 +115,8 @@ static int take(struct limit_conn *lc, const char *key, size_t klen, uint64_t *h
     uint64_t k = shm_limits_key(SHM_LIMITS_CONN, lc->owner, "limit-conn", key, klen);
     bool ok;
     struct shm_limits_hold h;
-    int rc = shm_limits_conn_acquire(t, k, limit_worker(), lc->conn + lc->burst,
-                                     shm_limits_now(t), &ok, held, &h);
+    int rc = shm_limits_conn_acquire(t, k, limit_worker(), lc->conn + lc->burst, shm_limits_now(t),
+                                     &ok, held, &h);
     if (rc < 0) {
         limit_warn_full("limit-conn");
         return -1;

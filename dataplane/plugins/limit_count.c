@@ -27,15 +27,15 @@
 #include "limit_common.h"
 
 struct limit_count {
-    uint64_t count;          /* requests per window */
-    uint64_t window_ms;      /* time_window */
-    bool sliding;            /* window_type "sliding" */
-    struct limit_key key;    /* key, key_type */
-    char *owner;             /* the counters' owner (limit_owner) */
-    int rejected_code;       /* default 503 */
-    char *rejected_msg;      /* or NULL */
-    bool show_headers;       /* show_limit_quota_header */
-    bool allow_degradation;  /* let requests through when the limiter fails */
+    uint64_t count;         /* requests per window */
+    uint64_t window_ms;     /* time_window */
+    bool sliding;           /* window_type "sliding" */
+    struct limit_key key;   /* key, key_type */
+    char *owner;            /* the counters' owner (limit_owner) */
+    int rejected_code;      /* default 503 */
+    char *rejected_msg;     /* or NULL */
+    bool show_headers;      /* show_limit_quota_header */
+    bool allow_degradation; /* let requests through when the limiter fails */
 };
 
 static void lc_destroy(void *state)
@@ -108,8 +108,8 @@ static int lc_access(struct plugin_req *r, void *state, void **data)
     struct shm_limits_verdict v;
     int rc = -ENOMEM;
     if (t) {
-        uint64_t k = shm_limits_key(lc->sliding ? SHM_LIMITS_SLIDING : SHM_LIMITS_COUNT,
-                                    lc->owner, "limit-count", key, klen);
+        uint64_t k = shm_limits_key(lc->sliding ? SHM_LIMITS_SLIDING : SHM_LIMITS_COUNT, lc->owner,
+                                    "limit-count", key, klen);
         rc = shm_limits_count(t, k, lc->count, lc->window_ms, shm_limits_now(t), &v);
     }
     if (rc < 0) {

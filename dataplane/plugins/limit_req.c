@@ -20,21 +20,21 @@
 #include "limit_common.h"
 
 struct limit_req {
-    double rate;             /* requests per second */
-    double burst;            /* excess requests that may wait */
-    bool nodelay;            /* admit excess requests at once */
-    struct limit_key key;    /* key, key_type */
-    char *owner;             /* the counters' owner (limit_owner) */
-    int rejected_code;       /* default 503 */
-    char *rejected_msg;      /* or NULL */
-    bool allow_degradation;  /* let requests through when the limiter fails */
+    double rate;            /* requests per second */
+    double burst;           /* excess requests that may wait */
+    bool nodelay;           /* admit excess requests at once */
+    struct limit_key key;   /* key, key_type */
+    char *owner;            /* the counters' owner (limit_owner) */
+    int rejected_code;      /* default 503 */
+    char *rejected_msg;     /* or NULL */
+    bool allow_degradation; /* let requests through when the limiter fails */
 };
 
 /* A request waiting for its turn. */
 struct wait {
-    uv_timer_t timer;      /* fires when the turn comes */
-    struct plugin_req *r;  /* the suspended request */
-    void **slot;           /* the request's data pointer for this instance */
+    uv_timer_t timer;     /* fires when the turn comes */
+    struct plugin_req *r; /* the suspended request */
+    void **slot;          /* the request's data pointer for this instance */
 };
 
 static void lr_destroy(void *state)

@@ -179,8 +179,8 @@ static void test_processes_share_count(void)
     enum { N = 6, TRIES = 3000, COUNT = 5000 };
     struct shm_limits *l = shm_limits_create(N);
     REQUIRE(l);
-    _Atomic uint64_t *tally = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                                   -1, 0);
+    _Atomic uint64_t *tally =
+        mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     REQUIRE(tally != MAP_FAILED);
     uint64_t kf = ckey("shared"), ks = shm_limits_key(SHM_LIMITS_SLIDING, "r", "p", "s", 1);
     uint64_t kc = shm_limits_key(SHM_LIMITS_CONN, "r", "p", "c", 1);
@@ -201,8 +201,7 @@ static void test_processes_share_count(void)
                 bool ok;
                 uint64_t held;
                 struct shm_limits_hold h;
-                if (shm_limits_conn_acquire(l, kc, i, 3, shm_limits_now(l), &ok, &held, &h) ==
-                        0 &&
+                if (shm_limits_conn_acquire(l, kc, i, 3, shm_limits_now(l), &ok, &held, &h) == 0 &&
                     ok) {
                     if (held > 3)
                         over++;
@@ -239,8 +238,8 @@ static void test_processes_windows(void)
     enum { N = 4, COUNT = 50, WINDOWS = 40 };
     struct shm_limits *l = shm_limits_create(N);
     REQUIRE(l);
-    _Atomic uint64_t *per = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                                 -1, 0);
+    _Atomic uint64_t *per =
+        mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     REQUIRE(per != MAP_FAILED);
     _Atomic uint64_t *sper = per + 256, *arrived = per + 512;
     uint64_t k = ckey("w"), ks = shm_limits_key(SHM_LIMITS_SLIDING, "r", "p", "w", 1);
@@ -309,8 +308,8 @@ static void test_table_full_and_reuse(void)
     unsigned later = 0;
     for (unsigned j = 0; j < 1000; j++) {
         n = snprintf(buf, sizeof(buf), "new%u", j);
-        if (shm_limits_count(l, shm_limits_key(SHM_LIMITS_COUNT, "r", "p", buf, (size_t)n), 5,
-                             1000, t + 3 * SEC, &v) == 0 &&
+        if (shm_limits_count(l, shm_limits_key(SHM_LIMITS_COUNT, "r", "p", buf, (size_t)n), 5, 1000,
+                             t + 3 * SEC, &v) == 0 &&
             v.admitted)
             later++;
     }
