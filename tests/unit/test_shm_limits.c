@@ -52,6 +52,14 @@ static void test_fixed_window(void)
     CHECK(!v.admitted);
     REQUIRE(shm_limits_count(l, k, 3, 2000, t0 + 2000 * MS, &v) == 0);
     CHECK(v.admitted && v.remaining == 2 && v.reset_s == 2);
+    /* The 10 ms tick whose number is all ones (after 497 days) must not
+     * leave a state that reads as a busy mark: the next request would wait
+     * for ever on "process 1". */
+    uint64_t late = 0xffffffffull * 10 * MS;
+    REQUIRE(shm_limits_count(l, ckey("late"), 3, 2000, late, &v) == 0);
+    CHECK(v.admitted);
+    REQUIRE(shm_limits_count(l, ckey("late"), 3, 2000, late + MS, &v) == 0);
+    CHECK(v.admitted && v.remaining == 1);
     /* Bad arguments. */
     CHECK(shm_limits_count(l, k, 0, 2000, t0, &v) == -EINVAL);
     CHECK(shm_limits_count(l, k, 3, 0, t0, &v) == -EINVAL);
