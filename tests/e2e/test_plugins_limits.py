@@ -6,7 +6,8 @@ share their counters), real upstreams and the real curl.
   workers) admit exactly count; X-RateLimit-* headers on admitted and
   refused answers; rejected_code / rejected_msg and the default page;
   window expiry; the sliding window (airgw's window_type); group shared by
-  routes; bad configurations refused by the Admin API;
+  routes; a quota per consumer after key-auth; bad configurations refused
+  by the Admin API;
 - limit-req: burst requests delayed, in order; nodelay; over the burst
   refused;
 - limit-conn: slow requests in parallel, over conn refused, the count given
@@ -155,6 +156,26 @@ def test_limit_count_group(ctx):
     eq(d.get("/%s/b/2" % t).status, 200, "route b")
     eq(d.get("/%s/a/3" % t).status, 429, "route a once the group's count is spent")
     eq(d.get("/%s/b/4" % t).status, 429, "route b once the group's count is spent")
+
+
+def test_limit_count_per_consumer(ctx):
+    """key-auth names the consumer (rewrite phase), limit-count counts per
+    consumer (access phase): each device key has its own quota."""
+    env = env_of(ctx)
+    d = dp_of(env)
+    t = uid("lp")
+    names = [("%s_%d" % (t, i)).replace("-", "_") for i in range(2)]
+    for n in names:
+        env.put("consumers", {"username": n, "plugins": {"key-auth": {"key": "k-" + n}}})
+    env.route(t, {"uri": "/%s/*" % t, "upstream": env.up("a"), "plugins": {
+        "key-auth": {}, "limit-count": {"count": 2, "time_window": 60, "key": "consumer_name",
+                                        "rejected_code": 429}}})
+    wait_serving(d, "/%s/x" % t, pred=lambda r: r.status == 401, streak=1)
+    for n in names:
+        res = curl_many([d.url("/%s/%d" % (t, i)) for i in range(4)],
+                        headers=["apikey: k-" + n], close=True)
+        eq([c for c, _ in res], [200, 200, 429, 429], "consumer %s" % n)
+    eq(d.get("/%s/nokey" % t).status, 401, "no key: key-auth answers first")
 
 
 def test_admin_refuses_bad_limits(ctx):
