@@ -11,6 +11,10 @@ import time
 from harness import T, check, eq, free_port, port_open, uid, wait_until
 from dp_harness import (LoadLoop, curl_many, dp_bin, dp_env, new_dp, wait_serving)
 
+# Also run against a real etcd (run_all.py --store etcd): control plane
+# restarts and data plane resumes over a store the control plane watches.
+STORES = ("sqlite", "etcd")
+
 
 def env_of(ctx):
     """The module's control plane and upstream (no shared data plane)."""
