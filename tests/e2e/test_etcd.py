@@ -208,6 +208,26 @@ def test_two_control_planes_see_each_others_writes(ctx):
     expect_status(b.get("routes/r1"), 404)
 
 
+def test_data_plane_moves_to_the_other_control_plane(ctx):
+    # Revisions are etcd's, the same on every control plane: a data plane
+    # whose control plane goes away continues on the next one it knows.
+    e = module_etcd(ctx)
+    a, b = pair(ctx, e.url)
+    up = new_upstream(ctx, "move")
+    dp = new_dp(ctx, "127.0.0.1:%d,127.0.0.1:%d" % (a.config_port, b.config_port), workers=1)
+    a.must("PUT", "routes/m1", route(up, "/m1"), status=201)
+    serving(dp, "/m1")
+    a.stop()
+    b.must("PUT", "routes/m2", route(up, "/m2"), status=201)
+    b.must("DELETE", "routes/m1", status=200)
+    serving(dp, "/m2", timeout=10)
+    gone(dp, "/m1")
+    # Only the missed changes were sent: B's revisions are A's.
+    check(re.search(r"synced with 127\.0\.0\.1:%d at revision \d+ \(resumed\)" % b.config_port,
+                    dp.stderr()), "the data plane did not resume on the second control plane: %s"
+          % "\n".join(dp.tail(6)))
+
+
 def test_concurrent_patches_through_two_control_planes(ctx):
     e = module_etcd(ctx)
     a, b = pair(ctx, e.url)
