@@ -20,7 +20,10 @@
  *    newline-separated JSON messages and queues the events; a uv_async hands
  *    them to the loop thread, which appends them to the history ring, moves
  *    `applied` on and calls s->watch, in revision order. put/delete never
- *    call s->watch: the watch delivers our own writes like anyone else's.
+ *    call s->watch with their own change: the watch delivers our own writes
+ *    like anyone else's. They do wait (bounded, while a watch is up) until
+ *    the watch has queued their revision and deliver the queue then, so that
+ *    as with SQLite a write has reached s->watch when it returns.
  *
  * Revisions are etcd's. store_revision() is `applied`: the last revision the
  * loop thread handed to s->watch. The history ring keeps the last `history`
@@ -139,6 +142,9 @@ struct etcd_store {
     /* shared, under mu */
     pthread_mutex_t mu;        /* guards the fields below */
     struct wev *qhead, *qtail; /* events for the loop, in order */
+    pthread_cond_t cv;         /* signalled when q_rev or live changes */
+    int64_t q_rev;             /* every change up to here has been queued */
+    bool live;                 /* a watch is established */
     bool stop;                 /* the watch thread must end */
     char *token;               /* auth token, or NULL */
 };
@@ -857,6 +863,8 @@ static int classify_failure(struct etcd_store *e, const char *key, int64_t expec
     return -ESTALE;
 }
 
+static void wait_delivered(struct etcd_store *e, int64_t rev);
+
 static int et_put(store *s, const char *key, const char *value, const struct store_write *w,
                   struct store_item *out)
 {
@@ -927,6 +935,7 @@ static int et_put(store *s, const char *key, const char *value, const struct sto
             /* Written all the same: report it, the caller reads it back. */
         }
     }
+    wait_delivered(e, rev);
     rc = 0;
 out:
     json_decref(resp);
@@ -974,8 +983,10 @@ static int et_del(store *s, const char *key, const struct store_write *w, int64_
         rc = classify_failure(e, key, w->expect_mod_rev, cur, true);
         goto out;
     }
+    int64_t rev = jint(json_object_get(resp, "header"), "revision");
     if (out_rev)
-        *out_rev = jint(json_object_get(resp, "header"), "revision");
+        *out_rev = rev;
+    wait_delivered(e, rev);
     rc = 0;
 out:
     json_decref(resp);
@@ -1056,9 +1067,9 @@ static int et_changes_since(store *s, int64_t rev, store_change_fn fn, void *ud)
 
 /* ---- the loop side of the watch ----------------------------------------------------- */
 
-static void on_async(uv_async_t *a)
+/* Hands every queued event to the ring and the watch, in order. */
+static void drain(struct etcd_store *e)
 {
-    struct etcd_store *e = a->data;
     pthread_mutex_lock(&e->mu);
     struct wev *q = e->qhead;
     e->qhead = e->qtail = NULL;
@@ -1090,6 +1101,40 @@ static void on_async(uv_async_t *a)
     }
 }
 
+static void on_async(uv_async_t *a)
+{
+    drain(a->data);
+}
+
+/* After our own write at rev: waits (bounded, and only while a watch is
+ * established) until the watch thread has queued it, then delivers the
+ * queue. So, as with SQLite, a write has been handed to the watch (and from
+ * there to the data planes) when it returns, and a data plane that connects
+ * right after gets it in its snapshot. The events still come from the watch,
+ * in etcd's order, so nothing is delivered twice or out of order. */
+static void wait_delivered(struct etcd_store *e, int64_t rev)
+{
+    if (e->applied >= rev || !e->started)
+        return;
+    uint64_t bound = loop_budget(e);
+    if (bound > 2000)
+        bound = 2000;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += (time_t)(bound / 1000);
+    ts.tv_nsec += (long)(bound % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&e->mu);
+    while (e->q_rev < rev && e->live && !e->stop)
+        if (pthread_cond_timedwait(&e->cv, &e->mu, &ts) == ETIMEDOUT)
+            break;
+    pthread_mutex_unlock(&e->mu);
+    drain(e);
+}
+
 /* ---- the watch thread ----------------------------------------------------------------- */
 
 static void post(struct etcd_store *e, struct wev *head, struct wev *tail)
@@ -1102,6 +1147,9 @@ static void post(struct etcd_store *e, struct wev *head, struct wev *tail)
     else
         e->qhead = head;
     e->qtail = tail;
+    if (tail->rev > e->q_rev)
+        e->q_rev = tail->rev;
+    pthread_cond_broadcast(&e->cv);
     pthread_mutex_unlock(&e->mu);
     uv_async_send(&e->async);
 }
@@ -1177,6 +1225,15 @@ static void watch_message(struct etcd_store *e, const char *line, size_t len)
     if (json_is_true(json_object_get(res, "created"))) {
         e->w_created = true;
         e->w_backoff = BACKOFF_MIN_MS;
+        if (hdr_rev >= e->w_next - 1) {
+            /* Everything before the start revision was queued before. */
+            pthread_mutex_lock(&e->mu);
+            e->live = true;
+            if (e->w_next - 1 > e->q_rev)
+                e->q_rev = e->w_next - 1;
+            pthread_cond_broadcast(&e->cv);
+            pthread_mutex_unlock(&e->mu);
+        }
         if (e->w_down)
             log_info("store: etcd watch: watching again from revision %" PRId64, e->w_next);
         e->w_down = false;
@@ -1347,6 +1404,10 @@ static void watch_once(struct etcd_store *e, size_t ep)
         if (running)
             curl_multi_poll(e->multi, NULL, 0, 1000, NULL);
     }
+    pthread_mutex_lock(&e->mu);
+    e->live = false;
+    pthread_cond_broadcast(&e->cv);
+    pthread_mutex_unlock(&e->mu);
     curl_multi_remove_handle(e->multi, h);
     curl_easy_cleanup(h);
     curl_slist_free_all(hd);
@@ -1437,6 +1498,7 @@ static void et_stop(store *s)
         return;
     pthread_mutex_lock(&e->mu);
     e->stop = true;
+    pthread_cond_broadcast(&e->cv);
     pthread_mutex_unlock(&e->mu);
     curl_multi_wakeup(e->multi);
     pthread_join(e->thread, NULL);
@@ -1488,6 +1550,7 @@ static void et_close(store *s)
     free(e->token);
     free(e->wbuf);
     pthread_mutex_destroy(&e->mu);
+    pthread_cond_destroy(&e->cv);
     free(e);
     curl_global_cleanup();
 }
@@ -1544,6 +1607,11 @@ int store_etcd_open(const struct store_etcd_opts *o, store **out, char *err, siz
         return -ENOMEM;
     }
     pthread_mutex_init(&e->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&e->cv, &ca);
+    pthread_condattr_destroy(&ca);
     e->base.ops = &etcd_ops;
     e->endpoints = strdup(o->endpoints);
     e->timeout_ms = o->timeout > 0 ? (uint64_t)(o->timeout * 1000.0) : 5000;
