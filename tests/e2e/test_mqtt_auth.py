@@ -18,6 +18,9 @@ real data plane (raw sockets where the exact CONNACK byte matters):
 - chash with hash_on consumer: one consumer always lands on the same broker
   of two, whatever its client ids; consumers spread over both; clients
   without a consumer hash on their address;
+- limit-conn keyed on consumer_name after mqtt-auth: one session per
+  consumer across both workers, the slot given back when the session ends
+  (the stream_log phase), refused CONNECTs take no slot;
 - the Admin API checks mqtt-auth's configuration on stream routes and its
   credential on consumers.
 
@@ -38,7 +41,7 @@ from mqtt_harness import (Broker, PacketReader, Sub, broker_of, connect_packet, 
 
 # stream listeners of the module's data plane (one stream route each, by
 # server_port); TLS is the TLS listener (routes by server name)
-PW, CH, ANON, TLS = range(4)
+PW, CH, ANON, LIM, TLS = range(5)
 
 GEN = r"""
 set -e
@@ -91,7 +94,7 @@ def env(ctx):
             f.write(GEN)
         subprocess.run(["sh", gen, certs], check=True, stdout=subprocess.DEVNULL)
         cp = ctx.shared("cp-mqauth")
-        ports = [free_port() for _ in range(4)]
+        ports = [free_port() for _ in range(TLS + 1)]
         args = ["--https-listen", "off", "--stream-tls-listen", "127.0.0.1:%d" % ports[TLS]]
         for p in ports[:TLS]:
             args += ["--stream-listen", "127.0.0.1:%d" % p]
@@ -145,6 +148,13 @@ def setup(e):
     route("auth-pw", {}, one(e.a), server_port=e.port(PW))
     route("auth-ch", {"mode": "password"}, by_consumer(e), server_port=e.port(CH))
     route("auth-anon", {"allow_anonymous": True}, by_consumer(e), server_port=e.port(ANON))
+    e.put("consumers/dev_b", {"username": "dev_b", "plugins": {
+        "basic-auth": {"username": "dev-b", "password": "pw-b"}}})
+    e.put("stream_routes/auth-lim", {
+        "server_port": e.port(LIM), "upstream": one(e.a),
+        "plugins": {"mqtt-proxy": {}, "mqtt-auth": {},
+                    "limit-conn": {"conn": 1, "burst": 0, "default_conn_delay": 0.1,
+                                   "key": "consumer_name"}}})
     e.put("ssls/auth-m", {"cert": e.pem("srv.crt"), "key": e.pem("srv.key"),
                           "snis": ["m.auth.test", "e.auth.test"],
                           "client": {"ca": e.pem("ca.crt"), "depth": 1}})
@@ -208,6 +218,22 @@ def connack(e, which, cid=None, level=4, user=None, password=None):
         return _exchange(s, cid or new_cid(), level, user, password)
     finally:
         s.close()
+
+
+class Session:
+    """An authenticated MQTT session held open on a raw socket."""
+
+    def __init__(self, e, which, user, password, level=4):
+        self.cid = new_cid("s")
+        self.sock = socket.create_connection(("127.0.0.1", e.port(which)), timeout=T(5))
+        self.code = _exchange(self.sock, self.cid, level, user, password)
+
+    def close(self):
+        try:
+            self.sock.sendall(b"\xe0\x00")  # DISCONNECT
+        except OSError:
+            pass
+        self.sock.close()
 
 
 def tls_context(e, cert=None):
@@ -470,3 +496,32 @@ def test_admin_api_checks(ctx):
     got = e.cp.must("GET", "stream_routes/auth-pw")
     conf = got["value"]["plugins"]["mqtt-auth"]
     eq((conf.get("mode"), conf.get("allow_anonymous")), ("password", False), "defaults")
+
+
+def test_limit_conn_by_consumer(ctx):
+    e = env(ctx)
+    stable(lambda: connack(e, LIM, user="dev-b", password="pw-b") == (3, 0), "limit route")
+    first = Session(e, LIM, "dev-a", "pw-a-s3cret")
+    try:
+        eq(first.code, (3, 0), "dev-a's first session")
+        # a second session of the same consumer, on any worker: refused
+        for level, want in ((4, (3, 0x03)), (5, (5, 0x88))) * 3:
+            eq(connack(e, LIM, level=level, user="dev-a", password="pw-a-s3cret"), want,
+               "dev-a's second session (level %d)" % level)
+        # another consumer is not limited by dev-a's session
+        eq(connack(e, LIM, user="dev-b", password="pw-b"), (3, 0), "dev-b")
+        # refused by mqtt-auth: no slot taken, nothing given back twice
+        for _ in range(4):
+            eq(connack(e, LIM, user="dev-a", password="wrong"), (3, 0x04), "wrong password")
+    finally:
+        first.close()
+    # the session's end gives the slot back (stream_log)
+    check(wait_until(lambda: connack(e, LIM, user="dev-a", password="pw-a-s3cret") == (3, 0),
+                     T(5)), "dev-a can connect again once its session ended")
+    again = Session(e, LIM, "dev-a", "pw-a-s3cret")
+    try:
+        eq(again.code, (3, 0), "dev-a's new session")
+        eq(connack(e, LIM, user="dev-a", password="pw-a-s3cret"), (3, 0x03),
+           "still one session per consumer")
+    finally:
+        again.close()
