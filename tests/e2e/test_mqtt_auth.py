@@ -297,7 +297,7 @@ def test_password_pubsub_311_and_5(ctx):
     for level in (4, 5):
         pubsub(e, e.port(PW), level, "dev-a", "pw-a-s3cret", "MQTT level %d" % level)
     # the CONNECT went on unchanged: the broker saw the user name
-    check("u'dev-a'" in e.a.log() or "dev-a" in e.a.log(),
+    check("u'dev-a'" in e.a.log(),
           "broker a logged no client with user dev-a: %s" % "\n".join(e.a.tail(5)))
     check_no_worker_change(e.dp, before, "authenticated sessions")
 
@@ -515,12 +515,21 @@ def test_limit_conn_by_consumer(ctx):
             eq(connack(e, LIM, user="dev-a", password="wrong"), (3, 0x04), "wrong password")
     finally:
         first.close()
-    # the session's end gives the slot back (stream_log)
-    check(wait_until(lambda: connack(e, LIM, user="dev-a", password="pw-a-s3cret") == (3, 0),
-                     T(5)), "dev-a can connect again once its session ended")
-    again = Session(e, LIM, "dev-a", "pw-a-s3cret")
+    # the session's end gives the slot back (stream_log); each probe's own
+    # close is seen by the data plane a moment later, so probe by sessions
+    held = []
+
+    def session_ok():
+        s = Session(e, LIM, "dev-a", "pw-a-s3cret")
+        if s.code == (3, 0):
+            held.append(s)
+            return True
+        s.close()
+        return False
+    check(wait_until(session_ok, T(5), interval=0.05),
+          "dev-a can connect again once its session ended")
+    again = held[0]
     try:
-        eq(again.code, (3, 0), "dev-a's new session")
         eq(connack(e, LIM, user="dev-a", password="pw-a-s3cret"), (3, 0x03),
            "still one session per consumer")
     finally:
