@@ -39,7 +39,7 @@
 #define CONNECT_TIMEOUT_MS 5000
 #define BACKOFF_MIN_MS 200
 #define BACKOFF_MAX_MS 3200
-#define POOL_ACTIVE_MS (5 * 60 * 1000) /* reconnect only while used this recently */
+#define POOL_ACTIVE_MS (5 * 60 * 1000)     /* reconnect only while used this recently */
 #define POOL_IDLE_FREE_MS (10 * 60 * 1000) /* an unused pool is closed after this */
 #define SWEEP_MS 60000
 #define MAX_IN_PACKET 4096 /* we expect CONNACK, PUBACK, PINGRESP only */
@@ -52,24 +52,24 @@ enum pub_state { P_NEW, P_QUEUED, P_INFLIGHT, P_SENT0 };
 
 struct mqtt_pub {
     struct mqtt_client *c;
-    struct pool *pool;            /* the pool it was published to (NULL once the pool is gone) */
-    mqtt_pub_cb cb;               /* NULL: cancelled or already called */
+    struct pool *pool; /* the pool it was published to (NULL once the pool is gone) */
+    mqtt_pub_cb cb;    /* NULL: cancelled or already called */
     void *ud;
-    bool waiting;                 /* on c->waiting (or c->due): the callback is still due */
-    bool in_due;                  /* on c->due: past its deadline, being finished */
-    int status_now;               /* != 0: fail with it at the next tick */
-    uint64_t deadline;            /* uv_now ms */
+    bool waiting;                   /* on c->waiting (or c->due): the callback is still due */
+    bool in_due;                    /* on c->due: past its deadline, being finished */
+    int status_now;                 /* != 0: fail with it at the next tick */
+    uint64_t deadline;              /* uv_now ms */
     struct mqtt_pub *wprev, *wnext; /* c->waiting */
     enum pub_state st;
     struct mqtt_pub *qprev, *qnext; /* pool queue or conn inflight */
-    struct conn *conn;            /* P_INFLIGHT: the conn it was sent on */
-    bool in_write;                /* a uv_write of pkt is pending */
-    uint16_t pid;                 /* QoS 1 identifier while in flight */
+    struct conn *conn;              /* P_INFLIGHT: the conn it was sent on */
+    bool in_write;                  /* a uv_write of pkt is pending */
+    uint16_t pid;                   /* QoS 1 identifier while in flight */
     int qos;
-    uv_write_t wreq;              /* wreq.data = pub */
-    size_t pid_off;               /* where the identifier sits in pkt */
-    size_t len;                   /* packet length */
-    uint8_t pkt[];                /* the whole PUBLISH packet */
+    uv_write_t wreq; /* wreq.data = pub */
+    size_t pid_off;  /* where the identifier sits in pkt */
+    size_t len;      /* packet length */
+    uint8_t pkt[];   /* the whole PUBLISH packet */
 };
 
 struct pubq {
@@ -80,58 +80,59 @@ struct pubq {
 enum conn_state { C_RESOLVING, C_CONNECTING, C_CONNACK, C_READY, C_CLOSING };
 
 struct conn {
-    struct pool *pool;            /* NULL once detached (closing) */
+    struct pool *pool; /* NULL once detached (closing) */
     struct mqtt_client *c;
-    int slot;                     /* index in pool->conns */
+    int slot; /* index in pool->conns */
     enum conn_state st;
-    uv_tcp_t tcp;                 /* tcp.data = conn; initialised when tcp_open */
+    uv_tcp_t tcp; /* tcp.data = conn; initialised when tcp_open */
     bool tcp_open;
-    uv_timer_t timer;             /* connect deadline, then keepalive ticks */
+    uv_timer_t timer; /* connect deadline, then keepalive ticks */
     uv_connect_t creq;
-    uv_getaddrinfo_t dns;         /* while C_RESOLVING */
+    uv_getaddrinfo_t dns; /* while C_RESOLVING */
     bool dns_pending;
-    int refs;                     /* open handles + pending DNS */
-    uint8_t *rbuf;                /* unparsed input */
+    int refs;      /* open handles + pending DNS */
+    uint8_t *rbuf; /* unparsed input */
     size_t rlen, rcap;
-    struct pubq inflight;         /* QoS 1 sent, waiting for PUBACK, in send order */
+    struct pubq inflight; /* QoS 1 sent, waiting for PUBACK, in send order */
     uint16_t next_pid;
-    uint8_t pids[8192];           /* bitmap of identifiers in use */
+    uint8_t pids[8192]; /* bitmap of identifiers in use */
     uint64_t last_sent, last_recv;
-    bool ping_out;                /* a PINGREQ without PINGRESP yet */
+    bool ping_out; /* a PINGREQ without PINGRESP yet */
     char client_id[128];
 };
 
 struct pool {
     struct pool *next;
     struct mqtt_client *c;
-    char *key;                    /* options + node, for lookup */
+    char *key; /* options + node, for lookup */
     char *host;
     uint16_t port;
     char *prefix, *user, *pass;
     int size;
     uint16_t keepalive_s;
-    unsigned no;                  /* pool number in the client (client ids) */
-    struct conn **conns;          /* size slots, NULL: none */
-    struct pubq queue;            /* waiting for a ready connection */
-    uv_timer_t timer;             /* reconnects */
+    unsigned no;         /* pool number in the client (client ids) */
+    struct conn **conns; /* size slots, NULL: none */
+    struct pubq queue;   /* waiting for a ready connection */
+    uv_timer_t timer;    /* reconnects */
     bool closing;
-    uint64_t last_used;           /* uv_now of the last publish */
-    uint64_t down_until;          /* connect failed: fail fast until then */
-    uint32_t backoff_ms;          /* current backoff, 0 after a success */
+    uint64_t last_used;  /* uv_now of the last publish */
+    uint64_t down_until; /* connect failed: fail fast until then */
+    uint32_t backoff_ms; /* current backoff, 0 after a success */
+    bool failing;        /* a failed attempt was logged: repeats go to debug */
 };
 
 struct mqtt_client {
     uv_loop_t *loop;
     int worker_id;
-    char rnd[9];                  /* 8 random hex digits: ids unique across nodes */
+    char rnd[9]; /* 8 random hex digits: ids unique across nodes */
     unsigned next_pool_no;
     struct pool *pools;
-    struct mqtt_pub *waiting;     /* publishes whose callback is due, any order */
-    struct mqtt_pub *due;         /* on_tick: those past their deadline */
-    uv_timer_t tick;              /* deadlines */
-    uv_timer_t sweep;             /* closes idle pools */
+    struct mqtt_pub *waiting; /* publishes whose callback is due, any order */
+    struct mqtt_pub *due;     /* on_tick: those past their deadline */
+    uv_timer_t tick;          /* deadlines */
+    uv_timer_t sweep;         /* closes idle pools */
     bool closing;
-    int handles;                  /* open handles (client, pools, conns) */
+    int handles; /* open handles (client, pools, conns) */
     struct mqtt_client_stats st;
 };
 
@@ -423,7 +424,7 @@ static void pid_set(struct conn *cn, uint16_t pid, bool on)
     if (on)
         cn->pids[pid >> 3] |= (uint8_t)(1u << (pid & 7));
     else
-        cn->pids[pid >> 3] &= (uint8_t)~(1u << (pid & 7));
+        cn->pids[pid >> 3] &= (uint8_t) ~(1u << (pid & 7));
 }
 
 /* Sends p on cn (ready, room in flight). */
@@ -488,8 +489,7 @@ static void on_handle_closed(uv_handle_t *h)
 static bool pool_active(const struct pool *p)
 {
     uint64_t now = uv_now(p->c->loop);
-    return !p->closing && !p->c->closing &&
-           (p->queue.n > 0 || now - p->last_used < POOL_ACTIVE_MS);
+    return !p->closing && !p->c->closing && (p->queue.n > 0 || now - p->last_used < POOL_ACTIVE_MS);
 }
 
 static bool pool_has_live(const struct pool *p)
@@ -572,9 +572,15 @@ static void conn_close(struct conn *cn, int status_inflight)
 static void conn_fail(struct conn *cn, const char *what, int err)
 {
     struct pool *p = cn->pool;
-    if (p)
-        log_info("mqtt client %s: broker %s:%u: %s%s%s", cn->client_id, p->host, p->port, what,
-                 err ? ": " : "", err ? uv_strerror(err) : "");
+    if (p) {
+        /* Lost connections are news; failed attempts only the first time
+         * (a broker down would log every backoff step of every slot). */
+        bool quiet = cn->st != C_READY && p->failing;
+        log_msg(quiet ? LOG_DEBUG : LOG_INFO, "mqtt client %s: broker %s:%u: %s%s%s", cn->client_id,
+                p->host, p->port, what, err ? ": " : "", err ? uv_strerror(err) : "");
+        if (cn->st != C_READY)
+            p->failing = true;
+    }
     conn_close(cn, -ECONNRESET);
 }
 
@@ -589,7 +595,9 @@ static void conn_ready(struct conn *cn)
     p->backoff_ms = 0;
     p->down_until = 0;
     cn->c->st.connects++;
-    log_debug("mqtt client %s: connected to %s:%u", cn->client_id, p->host, p->port);
+    log_msg(p->failing ? LOG_INFO : LOG_DEBUG, "mqtt client %s: connected to %s:%u", cn->client_id,
+            p->host, p->port);
+    p->failing = false;
     pool_kick(p);
 }
 
@@ -601,8 +609,8 @@ static int handle_packet(struct conn *cn, uint8_t type, const uint8_t *b, size_t
             return -EPROTO;
         if (b[1] != 0) {
             log_warn("mqtt client %s: broker %s:%u refused the connection (CONNACK code %u)",
-                     cn->client_id, cn->pool ? cn->pool->host : "?",
-                     cn->pool ? cn->pool->port : 0, b[1]);
+                     cn->client_id, cn->pool ? cn->pool->host : "?", cn->pool ? cn->pool->port : 0,
+                     b[1]);
             conn_close(cn, -ECONNRESET);
             return 1;
         }
@@ -675,8 +683,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         uint8_t type;
         const uint8_t *body;
         size_t blen;
-        long n = mqtt_client_parse(cn->rbuf + off, cn->rlen - off, MAX_IN_PACKET, &type, &body,
-                                   &blen);
+        long n =
+            mqtt_client_parse(cn->rbuf + off, cn->rlen - off, MAX_IN_PACKET, &type, &body, &blen);
         if (n == 0)
             break;
         if (n < 0 || handle_packet(cn, type, body, blen) < 0) {
@@ -728,8 +736,7 @@ static void on_connected(uv_connect_t *req, int status)
     struct pool *p = cn->pool;
     uint8_t *b;
     size_t len;
-    if (mqtt_client_encode_connect(cn->client_id, p->keepalive_s, p->user, p->pass, &b, &len) <
-        0) {
+    if (mqtt_client_encode_connect(cn->client_id, p->keepalive_s, p->user, p->pass, &b, &len) < 0) {
         conn_fail(cn, "cannot encode CONNECT", 0);
         return;
     }

@@ -55,13 +55,13 @@ struct mqtt_pool_opts {
 
 /* One publish (strings and payload are copied). */
 struct mqtt_publish {
-    const char *host;     /* broker host: an IP literal or a name (resolved) */
-    uint16_t port;        /* broker port */
-    const char *topic;    /* topic name (no wildcards) */
-    const void *payload;  /* payload bytes */
-    size_t len;           /* payload length */
-    int qos;              /* 0 or 1 */
-    uint32_t timeout_ms;  /* from now until the callback at the latest (0: 5000) */
+    const char *host;    /* broker host: an IP literal or a name (resolved) */
+    uint16_t port;       /* broker port */
+    const char *topic;   /* topic name (no wildcards) */
+    const void *payload; /* payload bytes */
+    size_t len;          /* payload length */
+    int qos;             /* 0 or 1 */
+    uint32_t timeout_ms; /* from now until the callback at the latest (0: 5000) */
 };
 
 typedef void (*mqtt_pub_cb)(void *ud, int status);
@@ -88,12 +88,12 @@ void mqtt_client_close(struct mqtt_client *c);
 
 /* Counters for tests and logs. */
 struct mqtt_client_stats {
-    uint64_t connects;       /* CONNACKs accepted */
-    uint64_t connect_fails;  /* failed attempts (TCP, DNS, CONNACK refusal, timeout) */
-    uint64_t published;      /* publishes done (callback status 0) */
-    uint64_t failed;         /* publishes failed */
-    size_t pools;            /* pools alive */
-    size_t ready;            /* connections ready */
+    uint64_t connects;      /* CONNACKs accepted */
+    uint64_t connect_fails; /* failed attempts (TCP, DNS, CONNACK refusal, timeout) */
+    uint64_t published;     /* publishes done (callback status 0) */
+    uint64_t failed;        /* publishes failed */
+    size_t pools;           /* pools alive */
+    size_t ready;           /* connections ready */
 };
 void mqtt_client_stats(const struct mqtt_client *c, struct mqtt_client_stats *st);
 
@@ -120,8 +120,8 @@ int mqtt_client_encode_publish(const char *topic, const void *payload, size_t le
 long mqtt_client_parse(const uint8_t *buf, size_t len, size_t max, uint8_t *type,
                        const uint8_t **body, size_t *body_len);
 
-/* A topic name a broker accepts in PUBLISH: 1..65535 bytes of UTF-8 with no
- * '+', '#' or NUL. */
+/* A topic name a broker accepts in PUBLISH: 1..65535 bytes with no '+',
+ * '#' or NUL (UTF-8 validity is the caller's: JSON strings are). */
 int mqtt_client_topic_ok(const char *topic, size_t len);
 
 #endif

@@ -199,8 +199,9 @@ static int check_kv(const json_t *o, const char *where, char *err, size_t errlen
             return -EINVAL;
         }
         if (json_is_null(v)) {
-            snprintf(err, errlen, "%s: \"%.100s\" is null (values are strings, booleans, "
-                                  "numbers or JSON)",
+            snprintf(err, errlen,
+                     "%s: \"%.100s\" is null (values are strings, booleans, "
+                     "numbers or JSON)",
                      where, k);
             return -EINVAL;
         }
@@ -209,8 +210,7 @@ static int check_kv(const json_t *o, const char *where, char *err, size_t errlen
 }
 
 /* One telemetry entry; *has_ts says which form it is. */
-static int check_entry(const json_t *o, const char *where, bool *has_ts, char *err,
-                       size_t errlen)
+static int check_entry(const json_t *o, const char *where, bool *has_ts, char *err, size_t errlen)
 {
     if (!json_is_object(o)) {
         snprintf(err, errlen, "%s: must be a JSON object, not %s", where, type_name(o));
@@ -287,8 +287,8 @@ static void sb_wrap(struct sbuf *s, int64_t now_ms, const char *raw, size_t n)
     sb_add(s, "}", 1);
 }
 
-int device_api_telemetry(const char *body, size_t len, int64_t now_ms, char **out,
-                         size_t *out_len, char *err, size_t errlen)
+int device_api_telemetry(const char *body, size_t len, int64_t now_ms, char **out, size_t *out_len,
+                         char *err, size_t errlen)
 {
     json_t *root = load(body, len, "telemetry", err, errlen);
     if (!root)
@@ -377,14 +377,14 @@ int device_api_attributes(const char *body, size_t len, char *err, size_t errlen
 /* -------------------------------------------------------- the plugin */
 
 struct dapi_conf {
-    char *topic_telemetry;        /* template */
-    char *topic_attributes;       /* template */
-    int qos;                      /* 0 or 1 */
-    size_t max_body;              /* bytes */
-    uint32_t timeout_ms;          /* from the body's arrival to the answer */
-    char *prefix, *user, *pass;   /* pool options (owned) */
-    struct mqtt_pool_opts po;     /* points at the strings above */
-    char *default_device;         /* NULL: none */
+    char *topic_telemetry;      /* template */
+    char *topic_attributes;     /* template */
+    int qos;                    /* 0 or 1 */
+    size_t max_body;            /* bytes */
+    uint32_t timeout_ms;        /* from the body's arrival to the answer */
+    char *prefix, *user, *pass; /* pool options (owned) */
+    struct mqtt_pool_opts po;   /* points at the strings above */
+    char *default_device;       /* NULL: none */
     /* The route's upstream, found on the first request of this instance's
      * snapshot (an instance lives as long as its snapshot). */
     const struct snapshot *cached_snap;
@@ -397,22 +397,22 @@ static struct mqtt_client *client;
 static bool worker_stopped;
 
 struct dreq {
-    struct plugin_req *r;         /* NULL once the request ended (abort) */
+    struct plugin_req *r; /* NULL once the request ended (abort) */
     struct dapi_conf *cf;
     enum device_api_kind kind;
-    bool token;                   /* the path named a token */
-    char device[260];             /* the device name for topics */
-    char *topic;                  /* owned */
-    char *payload;                /* owned */
+    bool token;       /* the path named a token */
+    char device[260]; /* the device name for topics */
+    char *topic;      /* owned */
+    char *payload;    /* owned */
     size_t plen;
-    struct upstream_rt *up;       /* the route's upstream */
-    struct mqtt_pub *pub;         /* pending publish, or NULL */
-    int node;                     /* node of the pending publish */
-    uint64_t tried;               /* nodes tried (bit per index < 64) */
+    struct upstream_rt *up; /* the route's upstream */
+    struct mqtt_pub *pub;   /* pending publish, or NULL */
+    int node;               /* node of the pending publish */
+    uint64_t tried;         /* nodes tried (bit per index < 64) */
     int attempts;
-    uint64_t deadline;            /* uv_now ms */
-    uint64_t started;             /* uv_now ms of the current attempt */
-    char last_err[160];           /* why the last attempt failed */
+    uint64_t deadline;  /* uv_now ms */
+    uint64_t started;   /* uv_now ms of the current attempt */
+    char last_err[160]; /* why the last attempt failed */
 };
 
 static char *conf_str(const json_t *c, const char *k, const char *def)
@@ -499,8 +499,9 @@ static int dapi_rewrite(struct plugin_req *r, void *state, void **data)
     size_t tl;
     enum device_api_kind kind = device_api_path(plugin_req_uri(r), &tok, &tl);
     if (kind == DEVICE_API_NONE) {
-        respond_err(r, 404, "not found: the device API serves POST /api/v1/{token}/telemetry "
-                            "and /api/v1/{token}/attributes");
+        respond_err(r, 404,
+                    "not found: the device API serves POST /api/v1/{token}/telemetry "
+                    "and /api/v1/{token}/attributes");
         return PLUGIN_STOP;
     }
     if (strcmp(plugin_req_method(r), "POST") != 0) {
@@ -614,8 +615,7 @@ static void on_published(void *ud, int status)
         snprintf(d->last_err, sizeof(d->last_err), "the gateway is shutting down");
         break;
     default:
-        snprintf(d->last_err, sizeof(d->last_err), "MQTT broker %s: %s", addr,
-                 strerror(-status));
+        snprintf(d->last_err, sizeof(d->last_err), "MQTT broker %s: %s", addr, strerror(-status));
         break;
     }
     finish(d, 503, d->last_err);
@@ -736,8 +736,9 @@ static int dapi_access(struct plugin_req *r, void *state, void **data)
     const struct consumer_rt *c = plugin_req_consumer(r);
     const char *dev = c ? c->username : cf->default_device;
     if (!dev) {
-        respond_err(r, 401, "no device: post to /api/v1/{token}/..., authenticate with key-auth, "
-                            "or configure default_device");
+        respond_err(r, 401,
+                    "no device: post to /api/v1/{token}/..., authenticate with key-auth, "
+                    "or configure default_device");
         return PLUGIN_STOP;
     }
     snprintf(d->device, sizeof(d->device), "%s", dev);
@@ -754,7 +755,7 @@ static int dapi_access(struct plugin_req *r, void *state, void **data)
         return PLUGIN_STOP;
     }
     if (plugin_req_read_body(r, cf->max_body, on_body, d) < 0) {
-        respond_err(r, 500, "out of memory");
+        respond_err(r, 500, "cannot read the request body");
         return PLUGIN_STOP;
     }
     plugin_set_abort(r, on_abort, d);

@@ -10,7 +10,7 @@
 #include <stdint.h>
 
 enum device_api_kind {
-    DEVICE_API_NONE = 0,       /* not a device API path: 404 */
+    DEVICE_API_NONE = 0, /* not a device API path: 404 */
     DEVICE_API_TELEMETRY = 1,
     DEVICE_API_ATTRIBUTES = 2,
 };
@@ -28,8 +28,8 @@ enum device_api_kind device_api_path(const char *uri, const char **token, size_t
  * (the entry's bytes copied, never re-serialised). *out is malloc'd (the
  * caller frees it). 0, -ENOMEM, or -EINVAL with a message in err naming the
  * problem. */
-int device_api_telemetry(const char *body, size_t len, int64_t now_ms, char **out,
-                         size_t *out_len, char *err, size_t errlen);
+int device_api_telemetry(const char *body, size_t len, int64_t now_ms, char **out, size_t *out_len,
+                         char *err, size_t errlen);
 
 /* Checks an attributes body: a non-empty JSON object of keys to string,
  * boolean, number, object or array values. Published unchanged. 0 or

@@ -183,8 +183,8 @@ static void test_codec(void)
     uint8_t *b;
     size_t len;
     REQUIRE(mqtt_client_encode_connect("cid", 60, NULL, NULL, &b, &len) == 0);
-    static const uint8_t want[] = {0x10, 15, 0, 4, 'M', 'Q', 'T', 'T', 4, 0x02, 0, 60,
-                                   0,    3,  'c', 'i', 'd'};
+    static const uint8_t want[] = {0x10, 15, 0,  4, 'M', 'Q', 'T', 'T', 4,
+                                   0x02, 0,  60, 0, 3,   'c', 'i', 'd'};
     CHECK(len == sizeof(want) && memcmp(b, want, len) == 0);
     free(b);
     REQUIRE(mqtt_client_encode_connect("c", 30, "u", "pw", &b, &len) == 0);
@@ -320,8 +320,7 @@ static void fb_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
             size_t tl = (size_t)(body[0] << 8 | body[1]);
             snprintf(fb->last_topic, sizeof(fb->last_topic), "%.*s", (int)tl, body + 2);
             size_t po = 2 + tl + (qos ? 2 : 0);
-            snprintf(fb->last_payload, sizeof(fb->last_payload), "%.*s", (int)(bl - po),
-                     body + po);
+            snprintf(fb->last_payload, sizeof(fb->last_payload), "%.*s", (int)(bl - po), body + po);
             if (fb->mode == FB_CLOSE_ON_PUBLISH) {
                 fb_drop(c);
                 return;
@@ -458,8 +457,12 @@ static void run_for(uint64_t ms)
 
 static struct mqtt_publish pubmsg(int port, const char *payload, int qos, uint32_t timeout)
 {
-    struct mqtt_publish m = {.host = "127.0.0.1", .port = (uint16_t)port, .topic = "t/1",
-                             .payload = payload, .len = strlen(payload), .qos = qos,
+    struct mqtt_publish m = {.host = "127.0.0.1",
+                             .port = (uint16_t)port,
+                             .topic = "t/1",
+                             .payload = payload,
+                             .len = strlen(payload),
+                             .qos = qos,
                              .timeout_ms = timeout};
     return m;
 }
