@@ -522,7 +522,7 @@ static int authenticate(struct conn *c, size_t ep, uint64_t budget_ms, char *err
     free(body);
     if (r != CALL_OK) {
         snprintf(err, errlen, "authenticating as %s: %s", e->user, why);
-        return r == CALL_TRANSPORT ? -EAGAIN : -EACCES;
+        return r == CALL_TRANSPORT ? -EAGAIN : r == CALL_BUSY ? -EBUSY : -EACCES;
     }
     const char *tok = json_string_value(json_object_get(resp, "token"));
     int rc = 0;
@@ -586,12 +586,14 @@ again:;
             continue;
         }
         char why[512];
-        int code;
+        int code = 0;
         enum call_result r;
         if (e->user && !have_token(e)) {
             int arc = authenticate(c, ep, deadline - now, why, sizeof(why));
             if (arc == -EAGAIN)
                 r = CALL_TRANSPORT;
+            else if (arc == -EBUSY)
+                r = CALL_BUSY;
             else if (arc < 0) {
                 snprintf(err, errlen, "%.440s", why);
                 rc = -EACCES;
