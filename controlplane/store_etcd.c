@@ -1149,7 +1149,7 @@ static void post(struct etcd_store *e, struct wev *head, struct wev *tail)
     else
         e->qhead = head;
     e->qtail = tail;
-    if (tail->rev > e->q_rev)
+    if (tail->rev > e->q_rev || tail->type == WEV_RESYNC) /* a new cluster may be behind */
         e->q_rev = tail->rev;
     pthread_cond_broadcast(&e->cv);
     pthread_mutex_unlock(&e->mu);
