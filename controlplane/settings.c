@@ -127,6 +127,10 @@ static int load_etcd(struct cp_settings *s, const json_t *etcd, char *err, size_
             len += json_string_length(h) + 1;
         }
         char *joined = calloc(1, len + 1);
+        if (!joined) {
+            json_decref(v);
+            return cfg_fail(err, errlen, "config: out of memory");
+        }
         json_array_foreach(v, i, h) {
             if (i)
                 strcat(joined, ",");
