@@ -14,7 +14,8 @@ real data plane (raw sockets where the exact CONNACK byte matters):
 - mTLS, certificate mode: the client certificate's subject (RFC 2253) or CN
   names the consumer; a certificate naming no consumer, no certificate, or
   a CN spelled like another consumer's subject get 0x05 / 0x87; mode either
-  takes a certificate or a password;
+  takes a certificate or a password; on a TLS stream route without
+  mqtt-proxy a certificate naming no consumer is closed before the upstream;
 - chash with hash_on consumer: one consumer always lands on the same broker
   of two, whatever its client ids; consumers spread over both; clients
   without a consumer hash on their address;
@@ -156,7 +157,7 @@ def setup(e):
                     "limit-conn": {"conn": 1, "burst": 0, "default_conn_delay": 0.1,
                                    "key": "consumer_name"}}})
     e.put("ssls/auth-m", {"cert": e.pem("srv.crt"), "key": e.pem("srv.key"),
-                          "snis": ["m.auth.test", "e.auth.test"],
+                          "snis": ["m.auth.test", "e.auth.test", "t.auth.test"],
                           "client": {"ca": e.pem("ca.crt"), "depth": 1}})
     e.put("ssls/auth-p", {"cert": e.pem("srv.crt"), "key": e.pem("srv.key"),
                           "snis": ["p.auth.test"]})
@@ -166,6 +167,10 @@ def setup(e):
           sni="e.auth.test")
     route("auth-tls-p", {"mode": "certificate"}, one(e.a), server_port=e.port(TLS),
           sni="p.auth.test")
+    # plain TCP over TLS (no mqtt-proxy): the broker itself answers
+    e.put("stream_routes/auth-tls-t", {"server_port": e.port(TLS), "sni": "t.auth.test",
+                                       "upstream": one(e.a),
+                                       "plugins": {"mqtt-auth": {"mode": "certificate"}}})
     # every worker has everything (the TLS route and the certificates last)
     stable(lambda: connack(e, PW, user="dev-a", password="pw-a-s3cret") == (3, 0) and
            connack(e, PW) == (3, 4), "password route")
@@ -203,10 +208,10 @@ def _exchange(sock, cid, level, user, password):
     """Sends a CONNECT and reads its CONNACK: (form, code), or None when the
     connection closed without one."""
     rd = PacketReader(sock)
-    sock.sendall(connect_packet(cid, level, username=user, password=password))
     try:
+        sock.sendall(connect_packet(cid, level, username=user, password=password))
         first, body = rd.read(5)
-    except (EOFError, ConnectionResetError):
+    except (EOFError, ConnectionResetError, BrokenPipeError):
         return None
     return parse_connack(bytes([first, len(body)]) + body)
 
@@ -429,6 +434,22 @@ def test_certificate_mosquitto_clients(ctx):
                   extra=base + ["--cert", e.cf("dev3.crt"), "--key", e.cf("dev3.key")])
     check(rc != 0 and "not authori" in out.lower(),
           "mosquitto_pub with a certificate naming no consumer: rc %d: %s" % (rc, out.strip()))
+
+
+def test_certificate_on_plain_tcp_route(ctx):
+    e = env(ctx)
+    stable(lambda: tls_connack(e, "t.auth.test", "dev2") == (3, 0), "TCP route over TLS")
+    m = marks([e.a])
+    cid = new_cid("tcp")
+    eq(tls_connack(e, "t.auth.test", "dev1", cid), (3, 0), "dev1 through the TCP route")
+    broker_of([e.a], cid, since=m)
+    m = marks([e.a])
+    cid = new_cid("tcp")
+    eq(tls_connack(e, "t.auth.test", "dev3", cid), None, "dev3: closed, no byte")
+    time.sleep(0.2)
+    check(not e.a.has_client(cid, m[e.a.name]) and
+          "New connection" not in e.a.log()[m[e.a.name]:],
+          "dev3's connection reached the broker: %s" % "\n".join(e.a.tail(4)))
 
 
 def test_either_mode(ctx):
