@@ -20,7 +20,10 @@ real curl and a real mosquitto_sub capturing what the broker delivers.
   persistence file: no post answered 200 is missing at a durable (clean
   session off, QoS 1) subscriber;
 - limit-count on the same route: 429 past the quota (when limit-count is
-  built).
+  built); key-auth on the route names the device of the token-less paths;
+- a broker that never answers: 503 after the timeout; a data plane stopped
+  with posts pending on it ends them at its drain timeout and exits cleanly
+  (MQTT connections closed, no sanitizer report).
 
 The shared environment (one control plane, one data plane with 2 workers,
 one broker) serves most tests; each test has its own route (uri prefix) and
@@ -38,7 +41,7 @@ import time
 
 from harness import T, Fail, Skip, _short, _track, _untrack, check, eq, free_port, new_tmpdir, \
     wait_until
-from dp_harness import DataPlane, wait_serving
+from dp_harness import DataPlane, Silent, new_dp, wait_serving
 from mqtt_harness import Broker, Sub, mosquitto_bin, track, wait_subscribed
 
 JSON_CT = "Content-Type: application/json"
@@ -100,6 +103,20 @@ def route(e, rid, prefix, nodes=None, conf=None, plugins=None, upstream=None):
     e.put("routes/" + rid, {"uri": prefix + "/api/v1/*", "plugins": p, "upstream": up})
     wait_serving(e.dp, prefix + "/api/v1/telemetry", pred=lambda r: r.status == 405,
                  what="405 from device-api", timeout=5)
+
+
+class _Closer:
+    """Closes a helper (dp_harness.Silent) at the end of the test."""
+
+    def __init__(self, obj):
+        self.obj = obj
+        self.node_id = type(obj).__name__
+
+    def stop(self):
+        self.obj.close()
+
+    def stderr(self):
+        return ""
 
 
 def sub(ctx, e, topic, broker=None, extra=None, cid=None):
@@ -547,3 +564,44 @@ def test_key_auth_sets_device(ctx):
     eq([g[0] for g in got], ["dapi-ka/dev2/telemetry"], "the consumer names the device")
     eq(post(e, "/ka/api/v1/telemetry", '{"a":1}').status, 401, "no key: key-auth refuses")
     no_more(s, 1)
+
+
+def test_no_puback_timeout_and_stop(ctx):
+    """A "broker" that accepts TCP and never answers (no CONNACK, no PUBACK):
+    503 naming the timeout after `timeout` seconds, not before. Then a data
+    plane stopped (SIGTERM) while posts wait on that broker: they end at the
+    drain timeout (never with a 200), and the data plane exits 0 with its
+    MQTT connections closed (no sanitizer report, no leak)."""
+    e = env(ctx)
+    silent = Silent()
+    ctx.watchers.append(_Closer(silent))
+    route(e, "dapi-silent", "/silent", nodes=[silent.addr], conf={"timeout": 1})
+    t0 = time.monotonic()
+    r = post(e, "/silent/api/v1/telemetry", '{"a":1}')
+    took = time.monotonic() - t0
+    expect_err(r, 503, "not acknowledged within the timeout")
+    check(0.9 <= took < T(4), "the 503 came after %.2fs (timeout 1 s)" % took)
+    # A data plane of its own, stopped with posts waiting (timeout 30 s).
+    d = new_dp(ctx, e.cp, name="dapi-stop", workers=1,
+               config={"dataplane": {"drain_timeout": 1}})
+    route(e, "dapi-silent2", "/silent2", nodes=[silent.addr], conf={"timeout": 30})
+    wait_serving(d, "/silent2/api/v1/telemetry", pred=lambda x: x.status == 405, timeout=5)
+    out = []
+
+    def one():
+        out.append(post(e, "/silent2/api/v1/telemetry", '{"b":2}', dp=d, timeout=T(20)))
+    ts = [threading.Thread(target=one, daemon=True) for _ in range(3)]
+    for t in ts:
+        t.start()
+    wait_until(lambda: len(silent.conns) >= 2, T(5))
+    time.sleep(0.3)
+    d.stop()
+    for t in ts:
+        t.join(timeout=T(10))
+    # The drain waits for them (a broker may still acknowledge), cut at its
+    # 1 s bound: the connections are closed, never a 200.
+    eq(len(out), 3, "posts ended")
+    check(all(x.status == 0 for x in out), "posts pending at the stop: %s" % (
+        [(x.status, _short(x.text, 120)) for x in out],))
+    check(d.last_stop_seconds < T(4), "the stop took %.1fs (drain_timeout 1 s)" %
+          d.last_stop_seconds)
