@@ -1085,8 +1085,13 @@ static void drain(struct etcd_store *e)
             log_info("store: etcd: reloaded at revision %" PRId64 " (was at %" PRId64
                      "); resending every data plane a snapshot",
                      q->rev, was);
+            /* The snapshots it sends are not the current admin request's
+             * work (when drained from a put): they get their own timeouts. */
+            uint64_t deadline = e->deadline_ms;
+            e->deadline_ms = 0;
             if (e->base.resync)
                 e->base.resync(e->base.resync_ud);
+            e->deadline_ms = deadline;
         } else {
             struct store_change ch = {q->rev, q->key, q->value, q->create_rev};
             if (q->rev > e->applied)
