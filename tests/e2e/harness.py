@@ -830,6 +830,16 @@ class Ctx:
             raise Fail("shared daemon %s is not running (exit %s)" % (name, d.proc.returncode))
         return d
 
+    def use_shared(self, *objs):
+        """Marks processes the module shares (kept in ctx.mod.shared) as used
+        by this test (their logs go in its diagnostics); Fail when one is not
+        running."""
+        for x in objs:
+            if x not in self.used_shared:
+                self.used_shared.append(x)
+            if not x.running():
+                raise Fail("shared %s is not running" % x.name)
+
     def watch(self, daemon, start=True, **opts):
         w = Watcher(daemon, **opts)
         self.watchers.append(w)

@@ -80,10 +80,18 @@ class Broker:
     def addr(self):
         return "127.0.0.1:%d" % self.port
 
+    def conf(self, before="", listener="", persistence="persistence false\n"):
+        """The configuration file: before, then the listener on self.port
+        and the options of that listener, then the common ones (every log
+        type to stderr, anonymous clients) and the persistence ones.
+        Subclasses change it through the three parts."""
+        return ("%slistener %d 127.0.0.1\n%sallow_anonymous true\nlog_dest stderr\n"
+                "log_type all\nconnection_messages true\n%s" % (before, self.port, listener,
+                                                                 persistence))
+
     def start(self):
         with open(self.conf_path, "w") as f:
-            f.write("listener %d 127.0.0.1\nallow_anonymous true\nlog_dest stderr\n"
-                    "log_type all\nconnection_messages true\npersistence false\n" % self.port)
+            f.write(self.conf())
         self.starts += 1
         self.err_f = open(self.log_path, "ab")
         self.proc = subprocess.Popen([mosquitto_bin(), "-c", self.conf_path],
@@ -183,13 +191,16 @@ STREAM_LISTEN_RE = re.compile(r"stream listening on 127\.0\.0\.1:(\d+)")
 
 
 def mqtt_dp(ctx, cp=None, name="mq", streams=1, workers=2, start=True, args=None, shared=None,
-            **kw):
+            tls=False, **kw):
     """A data plane with `streams` stream listeners on free ports
-    (--stream-listen 127.0.0.1:PORT each), in .stream_ports. shared: a
-    module-level name (stopped with the module) instead of the test."""
-    ports = [free_port() for _ in range(streams)]
+    (--stream-listen 127.0.0.1:PORT each), in .stream_ports. tls: one more,
+    --stream-tls-listen, last in .stream_ports. shared: a module-level name
+    (stopped with the module) instead of the test."""
+    ports = [free_port() for _ in range(streams + (1 if tls else 0))]
     a = list(args or [])
-    for p in ports:
+    if tls:
+        a += ["--stream-tls-listen", "127.0.0.1:%d" % ports[-1]]
+    for p in ports[:streams]:
         a += ["--stream-listen", "127.0.0.1:%d" % p]
     d = DataPlane(cp, name=name, workers=workers, args=a, **kw)
     d.stream_ports = ports
@@ -199,7 +210,12 @@ def mqtt_dp(ctx, cp=None, name="mq", streams=1, workers=2, start=True, args=None
         ctx.daemons.append(d)
     if start:
         d.start()
-        wait_stream_listeners(d)
+        if streams:
+            wait_stream_listeners(d, ports[:streams])
+        if tls:
+            tls_line = "stream (tls) listening on 127.0.0.1:%d" % ports[-1]
+            if not wait_until(lambda: tls_line in d.stderr(), T(10)):
+                raise Fail("no TLS stream listener: %s" % d.stderr()[-1000:])
     return d
 
 

@@ -42,7 +42,7 @@ import time
 from harness import T, Fail, Skip, _short, _track, _untrack, check, eq, free_port, new_tmpdir, \
     wait_until
 from dp_harness import DataPlane, Silent, new_dp, wait_serving
-from mqtt_harness import Broker, Sub, mosquitto_bin, track, wait_subscribed
+from mqtt_harness import Broker, Sub, track, wait_subscribed
 
 JSON_CT = "Content-Type: application/json"
 
@@ -76,11 +76,7 @@ def env(ctx):
         consumer(e, "dev2", "tok-dev2")
     else:
         ctx.shared("cp-dapi")
-    for x in (e.dp, e.broker):
-        if x not in ctx.used_shared:
-            ctx.used_shared.append(x)
-        if not x.running():
-            raise Fail("shared %s is not running" % x.name)
+    ctx.use_shared(e.dp, e.broker)
     return e
 
 
@@ -420,31 +416,14 @@ class PersistentBroker(Broker):
     """mosquitto with persistence on (its file in the broker's directory):
     a durable session's queued messages survive a stop and a start."""
 
-    def start(self):
+    def conf(self):
         # mosquitto started as root drops to user "mosquitto", who cannot
         # write the test's private directories: "user" keeps it as whoever
         # started it (no effect for a non-root user).
-        with open(self.conf_path, "w") as f:
-            f.write("user %s\n" % pwd.getpwuid(os.getuid()).pw_name)
-            f.write("listener %d 127.0.0.1\nallow_anonymous true\nlog_dest stderr\n"
-                    "log_type all\nconnection_messages true\npersistence true\n"
-                    "persistence_location %s/\nautosave_interval 1\n"
-                    "max_queued_messages 100000\n" % (self.port, self.dir))
-        self.starts += 1
-        self.err_f = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([mosquitto_bin(), "-c", self.conf_path],
-                                     stdin=subprocess.DEVNULL, stdout=self.err_f,
-                                     stderr=self.err_f)
-        _track(self.proc)
-        self.stop_checked = False
-        rx = re.compile(r"mosquitto version \S+ running")
-        ok = wait_until(lambda: len(rx.findall(self.log())) >= self.starts or
-                        self.proc.poll() is not None, T(5))
-        if not ok or self.proc.poll() is not None:
-            tail = "\n".join(self.tail(10))
-            self.stop()
-            raise Fail("mosquitto %s did not start on port %d: %s" % (self.name, self.port, tail))
-        return self
+        return super().conf(
+            before="user %s\n" % pwd.getpwuid(os.getuid()).pw_name,
+            persistence="persistence true\npersistence_location %s/\nautosave_interval 1\n"
+                        "max_queued_messages 100000\n" % self.dir)
 
 
 def test_broker_stopped_under_load(ctx):

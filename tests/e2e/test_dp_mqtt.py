@@ -71,11 +71,7 @@ def env(ctx):
         e = ctx.mod.mq_env = Env(cp, dp, a, b)
     else:
         ctx.shared("cp-mq")
-    for x in (e.dp, e.a, e.b):
-        if x not in ctx.used_shared:
-            ctx.used_shared.append(x)
-        if not x.running():
-            raise Fail("shared %s is not running" % x.name)
+    ctx.use_shared(e.dp, e.a, e.b)
     return e
 
 

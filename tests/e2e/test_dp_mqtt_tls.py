@@ -20,56 +20,35 @@
 Certificates are made with openssl(1) at the start of the module."""
 
 import os
-import re
 import secrets
 import socket
 import ssl
 import subprocess
 import time
 
-from harness import T, Fail, _track, _untrack, check, eq, free_port, new_tmpdir, wait_until
+from harness import T, Fail, _track, _untrack, check, eq, free_port, wait_until
 from dp_harness import DataPlane, check_no_worker_change
-from mqtt_harness import (Broker, PacketReader, connect_packet, mosquitto_bin, parse_connack,
-                          publish_packet, read_until_close, subscribe_packet,
-                          wait_stream_listeners)
+from mqtt_harness import (Broker, PacketReader, connect_packet, mqtt_dp, parse_connack,
+                          publish_packet, read_until_close, subscribe_packet)
+from certs import ca, client, module_certs, server
 
-GEN = r"""
-set -e
-cd "$1"
-ec() { openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $1.key \
-  -out $1.csr -subj "$2" 2>/dev/null; }
-sign() { openssl x509 -req -in $1.csr -CA $2.crt -CAkey $2.key -CAcreateserial -out $1.crt \
-  -days 365 -extfile $1.ext 2>/dev/null; }
-ca() { openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $1.key \
-  -out $1.crt -days 3650 -subj "$2" \
-  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
-  2>/dev/null; }
-ca ca '/CN=airgw mqtt e2e CA'
-ca evil '/CN=another CA'
-srv() { printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\n' "$3" > $1.ext; ec $1 "$2"; sign $1 ca; }
-srv local '/CN=localhost/O=v1' DNS:localhost,IP:127.0.0.1
-srv local2 '/CN=localhost/O=v2' DNS:localhost,IP:127.0.0.1
-srv wild '/CN=*.example.test' 'DNS:*.example.test'
-srv broker '/CN=broker' DNS:localhost,IP:127.0.0.1
-cli() { printf 'extendedKeyUsage=clientAuth\n' > $1.ext; ec $1 "$2"; sign $1 $3; }
-cli dev '/CN=device-1/O=airgw e2e' ca
-cli rogue '/CN=rogue' evil
-"""
+CERTS = (
+    ca("ca", "/CN=airgw mqtt e2e CA"),
+    ca("evil", "/CN=another CA"),
+    server("local", "/CN=localhost/O=v1", "DNS:localhost,IP:127.0.0.1"),
+    server("local2", "/CN=localhost/O=v2", "DNS:localhost,IP:127.0.0.1"),
+    server("wild", "/CN=*.example.test", "DNS:*.example.test"),
+    server("broker", "/CN=broker", "DNS:localhost,IP:127.0.0.1"),
+    client("dev", "/CN=device-1/O=airgw e2e"),
+    client("rogue", "/CN=rogue", by="evil"),
+)
 
-# which stream listener of the module's data plane
-TLS_L, PLAIN_L = 0, 1
+# which stream listener of the module's data plane (mqtt_dp puts TLS last)
+PLAIN_L, TLS_L = 0, 1
 
 
 def certs(ctx):
-    d = getattr(ctx.mod, "tls_dir", None)
-    if d is None:
-        d = new_tmpdir("mqtt-tls-certs")
-        path = os.path.join(d, "gen.sh")
-        with open(path, "w") as f:
-            f.write(GEN)
-        subprocess.run(["sh", path, d], check=True, stdout=subprocess.DEVNULL)
-        ctx.mod.tls_dir = d
-    return d
+    return module_certs(ctx, "mqtt-tls-certs", *CERTS)
 
 
 def cf(ctx, name):
@@ -88,31 +67,14 @@ class TlsBroker(Broker):
         super().__init__(name)
         self.ctx = ctx
 
-    def start(self):
+    def conf(self):
         extra = "cafile %s\ncertfile %s\nkeyfile %s\n" % (
             cf(self.ctx, "ca.crt"), cf(self.ctx, "broker.crt"), cf(self.ctx, "broker.key"))
         # mosquitto started as root drops to user "mosquitto", who cannot
         # read the test's private directory: stay root
         if os.geteuid() == 0:
             extra += "user root\n"
-        conf = ("listener %d 127.0.0.1\n%sallow_anonymous true\nlog_dest stderr\n"
-                "log_type all\nconnection_messages true\npersistence false\n" % (self.port, extra))
-        with open(self.conf_path, "w") as f:
-            f.write(conf)
-        self.starts += 1
-        self.err_f = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([mosquitto_bin(), "-c", self.conf_path],
-                                     stdin=subprocess.DEVNULL, stdout=self.err_f,
-                                     stderr=self.err_f)
-        _track(self.proc)
-        self.stop_checked = False
-        rx = re.compile(r"mosquitto version \S+ running")
-        if not wait_until(lambda: rx.search(self.log()) or self.proc.poll() is not None, T(5)) \
-                or self.proc.poll() is not None:
-            tail = "\n".join(self.tail(10))
-            self.stop()
-            raise Fail("TLS mosquitto did not start: %s" % tail)
-        return self
+        return super().conf(listener=extra)
 
 
 class Env:
@@ -131,18 +93,8 @@ def env(ctx):
     if e is None:
         certs(ctx)
         cp = ctx.shared("cp-mqtls")
-        ports = [free_port(), free_port()]
-        d = DataPlane(cp, name="mqtls", workers=2, log_level="debug",
-                      args=["--https-listen", "off",
-                            "--stream-tls-listen", "127.0.0.1:%d" % ports[TLS_L],
-                            "--stream-listen", "127.0.0.1:%d" % ports[PLAIN_L]])
-        d.stream_ports = ports
-        ctx.mod.shared["dp-mqtls"] = d
-        d.start()
-        wait_stream_listeners(d, [ports[PLAIN_L]])
-        if not wait_until(lambda: "stream (tls) listening on 127.0.0.1:%d" % ports[TLS_L]
-                          in d.stderr(), T(10)):
-            raise Fail("no TLS stream listener: %s" % d.stderr()[-1000:])
+        d = mqtt_dp(ctx, cp, name="mqtls", streams=1, tls=True, log_level="debug",
+                    args=["--https-listen", "off"], shared="dp-mqtls")
         a, b, t = Broker("tls-a"), Broker("tls-b"), TlsBroker("tls-t", ctx)
         for br in (a, b, t):
             ctx.mod.shared["broker-" + br.name] = br
@@ -153,11 +105,7 @@ def env(ctx):
         setup_routes(ctx, e)
     else:
         ctx.shared("cp-mqtls")
-    for x in (e.dp, e.a, e.b, e.t):
-        if x not in ctx.used_shared:
-            ctx.used_shared.append(x)
-        if not x.running():
-            raise Fail("shared %s is not running" % x.name)
+    ctx.use_shared(e.dp, e.a, e.b, e.t)
     return e
 
 

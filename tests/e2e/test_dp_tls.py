@@ -11,44 +11,25 @@ import json
 import os
 import socket
 import ssl
-import subprocess
 import threading
 
-from harness import Fail, T, check, curl, eq, free_port, new_tmpdir, uid, wait_until
+from harness import Fail, T, check, curl, eq, free_port, uid, wait_until
 from dp_harness import curl_many, dp_env, new_dp, wait_serving
+from certs import ca, client, module_certs, server
 
-GEN = r"""
-set -e
-cd "$1"
-ec() { openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $1.key \
-  -out $1.csr -subj "$2" 2>/dev/null; }
-sign() { openssl x509 -req -in $1.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out $1.crt \
-  -days 365 -extfile $1.ext 2>/dev/null; }
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key \
-  -out ca.crt -days 3650 -subj '/CN=airgw e2e CA' \
-  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
-  2>/dev/null
-srv() { printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\n' "$3" > $1.ext; ec $1 "$2"; sign $1; }
-srv a '/CN=a.example.com/O=v1' DNS:a.example.com
-srv a2 '/CN=a.example.com/O=v2' DNS:a.example.com
-srv wild '/CN=*.example.com' 'DNS:*.example.com'
-srv m '/CN=m.example.com' DNS:m.example.com
-printf 'extendedKeyUsage=clientAuth\n' > dev.ext
-ec dev '/CN=device-1/O=airgw e2e'; sign dev
-"""
+CERTS = (
+    ca("ca", "/CN=airgw e2e CA"),
+    server("a", "/CN=a.example.com/O=v1", "DNS:a.example.com"),
+    server("a2", "/CN=a.example.com/O=v2", "DNS:a.example.com"),
+    server("wild", "/CN=*.example.com", "DNS:*.example.com"),
+    server("m", "/CN=m.example.com", "DNS:m.example.com"),
+    client("dev", "/CN=device-1/O=airgw e2e"),
+)
 
 
 def certs(ctx):
     """The module's certificate directory (made once)."""
-    d = getattr(ctx.mod, "tls_dir", None)
-    if d is None:
-        d = new_tmpdir("tls-certs")
-        path = os.path.join(d, "gen.sh")
-        with open(path, "w") as f:
-            f.write(GEN)
-        subprocess.run(["sh", path, d], check=True, stdout=subprocess.DEVNULL)
-        ctx.mod.tls_dir = d
-    return d
+    return module_certs(ctx, "tls-certs", *CERTS)
 
 
 def pem(ctx, name):

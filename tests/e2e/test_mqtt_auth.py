@@ -32,38 +32,26 @@ import re
 import secrets
 import socket
 import ssl
-import subprocess
 import time
 
-from harness import T, Fail, check, eq, free_port, new_tmpdir, wait_until
-from dp_harness import DataPlane, check_no_worker_change
-from mqtt_harness import (Broker, PacketReader, Sub, broker_of, connect_packet, marks,
-                          parse_connack, pub, wait_stream_listeners, wait_subscribed)
+from harness import T, Fail, check, eq, wait_until
+from dp_harness import check_no_worker_change
+from mqtt_harness import (Broker, PacketReader, Sub, broker_of, connect_packet, marks, mqtt_dp,
+                          parse_connack, pub, wait_subscribed)
+from certs import ca, client, module_certs, server
 
 # stream listeners of the module's data plane (one stream route each, by
 # server_port); TLS is the TLS listener (routes by server name)
 PW, CH, ANON, LIM, TLS = range(5)
 
-GEN = r"""
-set -e
-cd "$1"
-ec() { openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $1.key \
-  -out $1.csr -subj "$2" 2>/dev/null; }
-sign() { openssl x509 -req -in $1.csr -CA $2.crt -CAkey $2.key -CAcreateserial -out $1.crt \
-  -days 365 -extfile $1.ext 2>/dev/null; }
-ca() { openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $1.key \
-  -out $1.crt -days 3650 -subj "$2" \
-  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
-  2>/dev/null; }
-ca ca '/CN=airgw mqtt-auth e2e CA'
-printf 'subjectAltName=DNS:*.auth.test\nextendedKeyUsage=serverAuth\n' > srv.ext
-ec srv '/CN=*.auth.test'; sign srv ca
-cli() { printf 'extendedKeyUsage=clientAuth\n' > $1.ext; ec $1 "$2"; sign $1 ca; }
-cli dev1 '/O=Acme/CN=dev1'
-cli dev2 '/CN=dev2/OU=fleet'
-cli dev3 '/CN=dev3/O=Acme'
-cli spoof '/CN=CN=dev1,O=Acme'
-"""
+CERTS = (
+    ca("ca", "/CN=airgw mqtt-auth e2e CA"),
+    server("srv", "/CN=*.auth.test", "DNS:*.auth.test"),
+    client("dev1", "/O=Acme/CN=dev1"),
+    client("dev2", "/CN=dev2/OU=fleet"),
+    client("dev3", "/CN=dev3/O=Acme"),
+    client("spoof", "/CN=CN=dev1,O=Acme"),
+)
 
 DEV1_SUBJECT = "CN=dev1,O=Acme"   # RFC 2253: the last RDN first
 
@@ -89,24 +77,10 @@ class Env:
 def env(ctx):
     e = getattr(ctx.mod, "auth_env", None)
     if e is None:
-        certs = new_tmpdir("mqtt-auth-certs")
-        gen = os.path.join(certs, "gen.sh")
-        with open(gen, "w") as f:
-            f.write(GEN)
-        subprocess.run(["sh", gen, certs], check=True, stdout=subprocess.DEVNULL)
+        certs = module_certs(ctx, "mqtt-auth-certs", *CERTS)
         cp = ctx.shared("cp-mqauth")
-        ports = [free_port() for _ in range(TLS + 1)]
-        args = ["--https-listen", "off", "--stream-tls-listen", "127.0.0.1:%d" % ports[TLS]]
-        for p in ports[:TLS]:
-            args += ["--stream-listen", "127.0.0.1:%d" % p]
-        d = DataPlane(cp, name="mqauth", workers=2, args=args)
-        d.stream_ports = ports
-        ctx.mod.shared["dp-mqauth"] = d
-        d.start()
-        wait_stream_listeners(d, ports[:TLS])
-        if not wait_until(lambda: "stream (tls) listening on 127.0.0.1:%d" % ports[TLS]
-                          in d.stderr(), T(10)):
-            raise Fail("no TLS stream listener: %s" % d.stderr()[-1000:])
+        d = mqtt_dp(ctx, cp, name="mqauth", streams=TLS, tls=True, args=["--https-listen", "off"],
+                    shared="dp-mqauth")
         a, b = Broker("auth-a"), Broker("auth-b")
         for br in (a, b):
             ctx.mod.shared["broker-" + br.name] = br
@@ -117,11 +91,7 @@ def env(ctx):
         setup(e)
     else:
         ctx.shared("cp-mqauth")
-    for x in (e.dp, e.a, e.b):
-        if x not in ctx.used_shared:
-            ctx.used_shared.append(x)
-        if not x.running():
-            raise Fail("shared %s is not running" % x.name)
+    ctx.use_shared(e.dp, e.a, e.b)
     return e
 
 

@@ -6,45 +6,23 @@ certificate (IP SAN 127.0.0.1) and the data planes' client certificates,
 and a second, unrelated CA for the impostors."""
 
 import os
-import subprocess
 
 from harness import T, check, eq, new_tmpdir, uid, wait_until
 from dp_harness import new_dp, new_upstream, wait_serving
+from certs import ca, client, module_certs, server
 
-GEN = r"""
-set -e
-cd "$1"
-ca() { openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $1.key \
-  -out $1.crt -days 3650 -subj "/CN=$2" \
-  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
-  2>/dev/null; }
-leaf() { # name subject ext ca
-  printf '%s\n' "$3" > $1.ext
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $1.key -out $1.csr \
-    -subj "$2" 2>/dev/null
-  openssl x509 -req -in $1.csr -CA $4.crt -CAkey $4.key -CAcreateserial -out $1.crt -days 365 \
-    -extfile $1.ext 2>/dev/null; }
-ca ca 'airgw stream CA'
-ca other 'someone else'
-leaf cp '/CN=controlplane' 'subjectAltName=IP:127.0.0.1,DNS:cp.internal
-extendedKeyUsage=serverAuth' ca
-leaf dp '/CN=dataplane-1/O=airgw e2e' 'extendedKeyUsage=clientAuth' ca
-leaf rogue '/CN=rogue' 'extendedKeyUsage=clientAuth' other
-leaf fakecp '/CN=controlplane' 'subjectAltName=IP:127.0.0.1
-extendedKeyUsage=serverAuth' other
-"""
+CERTS = (
+    ca("ca", "/CN=airgw stream CA"),
+    ca("other", "/CN=someone else"),
+    server("cp", "/CN=controlplane", "IP:127.0.0.1,DNS:cp.internal"),
+    client("dp", "/CN=dataplane-1/O=airgw e2e"),
+    client("rogue", "/CN=rogue", by="other"),
+    server("fakecp", "/CN=controlplane", "IP:127.0.0.1", by="other"),
+)
 
 
 def certs(ctx):
-    d = getattr(ctx.mod, "certs_dir", None)
-    if d is None:
-        d = new_tmpdir("stream-tls")
-        path = os.path.join(d, "gen.sh")
-        with open(path, "w") as f:
-            f.write(GEN)
-        subprocess.run(["sh", path, d], check=True, stdout=subprocess.DEVNULL)
-        ctx.mod.certs_dir = d
-    return d
+    return module_certs(ctx, "stream-tls", *CERTS)
 
 
 def p(ctx, name):
