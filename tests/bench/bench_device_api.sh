@@ -32,53 +32,27 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-WORKERS=${BENCH_WORKERS:-2}
-DURATION=${BENCH_DURATION:-10}
-CONNS=${BENCH_CONNS:-64}
-THREADS=${BENCH_THREADS:-2}
-ROUNDS=${BENCH_ROUNDS:-3}
+. tests/bench/lib.sh
+wrk_bench_defaults
 POOL=${BENCH_POOL:-2}
-BUILD=${AIRGW_BUILD:-build}
 
 while [ $# -gt 0 ]; do
     case $1 in
-    --workers) WORKERS=$2; shift 2 ;;
-    --duration) DURATION=$2; shift 2 ;;
-    --connections) CONNS=$2; shift 2 ;;
-    --threads) THREADS=$2; shift 2 ;;
-    --rounds) ROUNDS=$2; shift 2 ;;
     --pool) POOL=$2; shift 2 ;;
-    --build) BUILD=$2; shift 2 ;;
-    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) echo "bench_device_api.sh: unknown argument $1" >&2; exit 2 ;;
+    *) wrk_bench_arg "$@"; shift "$ARG_SHIFT" ;;
     esac
 done
-[ "$DURATION" -ge 3 ] || { echo "bench_device_api.sh: --duration must be >= 3" >&2; exit 2; }
+min_duration 3
 
-log() { echo "bench_device_api: $*" >&2; }
-. "$(dirname "$0")/lib.sh"
-
-missing=()
-command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
-command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
-command -v mosquitto_sub >/dev/null 2>&1 || missing+=(mosquitto-clients)
-apt_install "${missing[@]}"
-NGINX=$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
-MOSQ=$(command -v mosquitto 2>/dev/null || echo /usr/sbin/mosquitto)
+apt_need wrk nginx mosquitto mosquitto_sub:mosquitto-clients
+NGINX=$(sbin_path nginx)
+MOSQ=$(sbin_path mosquitto)
 WRK=$(command -v wrk)
 CLK_TCK=$(getconf CLK_TCK)
-for b in controlplane/airgw-controlplane dataplane/airgw-dataplane; do
-    [ -x "$BUILD/$b" ] || { echo "bench_device_api.sh: $BUILD/$b is not built" >&2; exit 1; }
-done
+need_built
 
-TMP=$(mktemp -d /tmp/airgw-bench-dapi.XXXXXX)
+bench_init dapi
 chmod 755 "$TMP"
-PIDS=()
-LOAD_PID=""
-trap bench_cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 read -r MQ_PORT UP_PORT GW_PORT ADMIN_PORT CFG_PORT METRICS_PORT <<<"$(free_ports 6)"
 
@@ -105,63 +79,19 @@ mosquitto_sub -h 127.0.0.1 -p "$MQ_PORT" -q 1 -t 'bench/#' -i bench-counter >"$T
 PIDS+=($!)
 
 # -- nginx upstream (reference)
-UPD=$TMP/upstream
-mkdir -p "$UPD"
-cat >"$UPD/nginx.conf" <<EOF
-daemon off;
-master_process on;
-worker_processes 1;
-pid $UPD/nginx.pid;
-error_log $UPD/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $UPD/client_body;
-    proxy_temp_path $UPD/proxy;
-    fastcgi_temp_path $UPD/fastcgi;
-    uwsgi_temp_path $UPD/uwsgi;
-    scgi_temp_path $UPD/scgi;
-    keepalive_requests 100000;
-    server {
-        listen 127.0.0.1:$UP_PORT backlog=4096;
-        location / { return 200 ""; }
-    }
-}
-EOF
-"$NGINX" -p "$UPD" -c "$UPD/nginx.conf" -e "$UPD/error.log" >"$UPD/stdout.log" 2>&1 &
-PIDS+=($!)
+start_upstream "$UP_PORT" ""
 
 # -- airgw
-KEY=bench-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
-mkdir -p "$TMP/cp" "$TMP/dp"
-"$BUILD/controlplane/airgw-controlplane" --state-dir "$TMP/cp" \
-    --admin-listen "127.0.0.1:$ADMIN_PORT" --config-listen "127.0.0.1:$CFG_PORT" \
-    --admin-key "$KEY" --log-level warn >"$TMP/cp/log" 2>&1 &
-PIDS+=($!)
-wait_status "http://127.0.0.1:$ADMIN_PORT/healthz" 200 ||
-    { echo "bench_device_api.sh: the control plane did not come up" >&2; exit 1; }
-put() { # PATH JSON
-    local code
-    code=$(curl -s -o "$TMP/put.json" -w '%{http_code}' -X PUT \
-        "http://127.0.0.1:$ADMIN_PORT/apisix/admin/$1" -H "X-API-KEY: $KEY" -d "$2")
-    case $code in 200 | 201) ;; *)
-        echo "bench_device_api.sh: PUT $1 answered $code: $(cat "$TMP/put.json")" >&2; exit 1 ;;
-    esac
-}
+start_controlplane "$ADMIN_PORT" "$CFG_PORT"
 for q in 1 0; do
-    put "routes/q$q" "{\"uri\": \"/q$q/api/v1/*\",
+    admin_put "routes/q$q" "{\"uri\": \"/q$q/api/v1/*\",
         \"plugins\": {\"device-api\": {\"qos\": $q, \"pool_size\": $POOL,
                       \"default_device\": \"bench\", \"topic_telemetry\": \"bench/q$q/{device}\"}},
         \"upstream\": {\"type\": \"roundrobin\", \"nodes\": {\"127.0.0.1:$MQ_PORT\": 1}}}"
 done
-put "routes/proxy" "{\"uri\": \"/proxy/*\",
+admin_put "routes/proxy" "{\"uri\": \"/proxy/*\",
     \"upstream\": {\"type\": \"roundrobin\", \"nodes\": {\"127.0.0.1:$UP_PORT\": 1}}}"
-"$BUILD/dataplane/airgw-dataplane" --control-plane "127.0.0.1:$CFG_PORT" --workers "$WORKERS" \
-    --http-listen "127.0.0.1:$GW_PORT" --metrics-listen "127.0.0.1:$METRICS_PORT" \
-    --state-dir "$TMP/dp" --node-id bench-dp --access-log off --log-level warn \
-    >"$TMP/dp.log" 2>&1 &
-PIDS+=($!)
-DP_PID=$!
+start_dataplane "$CFG_PORT" "$GW_PORT" "$METRICS_PORT"
 
 BODY='{"stringKey":"value1", "booleanKey":true, "doubleKey":42.0, "longKey":73}'
 post_status() {
@@ -184,18 +114,6 @@ wrk.body = '$BODY'
 wrk.headers["Content-Type"] = "application/json"
 EOF
 
-cpu_ticks_of() { # PID: utime+stime ticks of PID and its children
-    local p t=0 v
-    for p in "$1" $(children_of "$1"); do
-        v=$(awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$p/stat" 2>/dev/null) || continue
-        t=$((t + ${v:-0}))
-    done
-    echo "$t"
-}
-to_ms() { # wrk latency ("812.00us", "1.20ms", "2.00s") -> ms
-    awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) ; else if (v ~ /s$/) n *= 1000; printf "%.2f", n }'
-}
-
 RESULTS=$TMP/results.tsv
 : >"$RESULTS"
 run_load() { # NAME PATH
@@ -211,15 +129,13 @@ run_load() { # NAME PATH
     local d1 m1 reqs rps p50 p99 non2xx
     d1=$(cpu_ticks_of "$DP_PID")
     m1=$(cpu_ticks_of "$MQ_PID")
-    reqs=$(awk '/requests in/ {print $1}' "$out")
-    rps=$(awk '/^Requests\/sec/ {print $2}' "$out")
-    p50=$(to_ms "$(awk '$1 == "50%" {print $2}' "$out")")
-    p99=$(to_ms "$(awk '$1 == "99%" {print $2}' "$out")")
-    non2xx=$(awk '/Non-2xx/ {print $NF}' "$out")
-    non2xx=${non2xx:-0}
+    IFS=$'\t' read -r rps p50 p99 reqs non2xx _ <<<"$(wrk_figures "$out")"
+    p50=$(printf '%.2f' "$p50")
+    p99=$(printf '%.2f' "$p99")
     local ok=$((reqs - non2xx))
-    local dpus=$(awk -v t=$((d1 - d0)) -v n="$reqs" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", n ? t / hz * 1e6 / n : 0 }')
-    local mqus=$(awk -v t=$((m1 - m0)) -v n="$reqs" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", n ? t / hz * 1e6 / n : 0 }')
+    local dpus mqus
+    dpus=$(per_request_us $((d1 - d0)) "$reqs")
+    mqus=$(per_request_us $((m1 - m0)) "$reqs")
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rps" "$p50" "$p99" "$non2xx" \
         "$ok" "$dpus" "$mqus" >>"$RESULTS"
     log "$name: $rps req/s, p50 $p50 ms, p99 $p99 ms, non-2xx $non2xx, 200s $ok"

@@ -42,123 +42,43 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-WORKERS=${BENCH_WORKERS:-2}
-DURATION=${BENCH_DURATION:-10}
-CONNS=${BENCH_CONNS:-64}
-THREADS=${BENCH_THREADS:-2}
-ROUNDS=${BENCH_ROUNDS:-3}
+. tests/bench/lib.sh
+wrk_bench_defaults
 CLOSE=${BENCH_CLOSE:-1}
 PIN_WRK=${BENCH_PIN_WRK:-}
-BUILD=${AIRGW_BUILD:-build}
 
 while [ $# -gt 0 ]; do
     case $1 in
-    --workers) WORKERS=$2; shift 2 ;;
-    --duration) DURATION=$2; shift 2 ;;
-    --connections) CONNS=$2; shift 2 ;;
-    --threads) THREADS=$2; shift 2 ;;
-    --rounds) ROUNDS=$2; shift 2 ;;
     --no-close) CLOSE=0; shift ;;
     --close-only) CLOSE=only; shift ;;
     --pin-wrk) PIN_WRK=$2; shift 2 ;;
-    --build) BUILD=$2; shift 2 ;;
-    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) echo "bench_http.sh: unknown argument $1" >&2; exit 2 ;;
+    *) wrk_bench_arg "$@"; shift "$ARG_SHIFT" ;;
     esac
 done
-[ "$DURATION" -ge 3 ] || { echo "bench_http.sh: --duration must be >= 3" >&2; exit 2; }
-
-log() { echo "bench_http: $*" >&2; }
-. "$(dirname "$0")/lib.sh"
+min_duration 3
 
 # ---- what it needs -------------------------------------------------------
 
-install_missing() {
-    local missing=()
-    command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
-    command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-    apt_install "${missing[@]}"
-}
-install_missing
-NGINX=$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
+apt_need nginx wrk
+NGINX=$(sbin_path nginx)
 WRK=$(command -v wrk)
 CLK_TCK=$(getconf CLK_TCK)
-
-for b in controlplane/airgw-controlplane dataplane/airgw-dataplane; do
-    [ -x "$BUILD/$b" ] || { echo "bench_http.sh: $BUILD/$b is not built" >&2; exit 1; }
-done
-CP_BIN=$BUILD/controlplane/airgw-controlplane
-DP_BIN=$BUILD/dataplane/airgw-dataplane
+need_built
 
 # ---- processes: started here, stopped by PID on exit -----------------------
 
-TMP=$(mktemp -d /tmp/airgw-bench-http.XXXXXX)
-PIDS=()      # in start order; stopped in reverse
-LOAD_PID=""
-
-
-
-trap bench_cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_init http
 
 read -r UP_PORT NGX_PORT GW_PORT ADMIN_PORT CFG_PORT METRICS_PORT <<<"$(free_ports 6)"
 
-nginx_common() { # DIR: paths of an nginx instance of its own
-    cat <<EOF
-daemon off;
-master_process on;
-pid $1/nginx.pid;
-error_log $1/error.log warn;
-events { worker_connections 1024; }
-EOF
-}
-nginx_temp_paths() {
-    cat <<EOF
-    client_body_temp_path $1/client_body;
-    proxy_temp_path $1/proxy;
-    fastcgi_temp_path $1/fastcgi;
-    uwsgi_temp_path $1/uwsgi;
-    scgi_temp_path $1/scgi;
-EOF
-}
-
-start_nginx() { # NAME DIR: nginx in the foreground, master PID in NAME_PID
-    local name=$1 dir=$2
-    "$NGINX" -t -q -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" || {
-        echo "bench_http.sh: bad nginx config for $name" >&2; exit 1; }
-    "$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$dir/stdout.log" 2>&1 &
-    PIDS+=($!)
-    printf -v "${name}_PID" '%s' "$!"
-}
-
 # -- the upstream: nginx, 1 worker, a fixed answer from memory
-UPD=$TMP/upstream
-mkdir -p "$UPD"
-{
-    nginx_common "$UPD" | sed 's/^master_process on;/master_process on;\nworker_processes 1;/'
-    cat <<EOF
-http {
-    access_log off;
-$(nginx_temp_paths "$UPD")
-    keepalive_requests 100000;
-    server {
-        listen 127.0.0.1:$UP_PORT backlog=4096;
-        location / {
-            default_type text/plain;
-            return 200 "hello from upstream\n";
-        }
-    }
-}
-EOF
-} >"$UPD/nginx.conf"
-start_nginx UP "$UPD"
+start_upstream "$UP_PORT"
 
 # -- nginx as the proxy
 NGD=$TMP/nginx
 mkdir -p "$NGD"
 {
-    nginx_common "$NGD" | sed "s/^master_process on;/master_process on;\nworker_processes $WORKERS;/"
+    nginx_common "$NGD" "$WORKERS"
     cat <<EOF
 http {
     access_log off;
@@ -187,28 +107,10 @@ EOF
 start_nginx NGX "$NGD"
 
 # -- airgw: control plane + one data plane, route created on the Admin API
-KEY=bench-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
-mkdir -p "$TMP/cp" "$TMP/dp"
-"$CP_BIN" --state-dir "$TMP/cp" --admin-listen "127.0.0.1:$ADMIN_PORT" \
-    --config-listen "127.0.0.1:$CFG_PORT" --admin-key "$KEY" --log-level warn \
-    >"$TMP/cp/log" 2>&1 &
-PIDS+=($!)
-CP_PID=$!
-wait_status "http://127.0.0.1:$ADMIN_PORT/healthz" 200 ||
-    { echo "bench_http.sh: the control plane did not come up:" >&2; tail "$TMP/cp/log" >&2; exit 1; }
-code=$(curl -s -o "$TMP/put.json" -w '%{http_code}' -X PUT \
-    "http://127.0.0.1:$ADMIN_PORT/apisix/admin/routes/bench" -H "X-API-KEY: $KEY" \
-    -d "{\"uri\": \"/*\", \"upstream\": {\"type\": \"roundrobin\",
-         \"nodes\": {\"127.0.0.1:$UP_PORT\": 1}}}")
-case $code in 200 | 201) ;; *)
-    echo "bench_http.sh: route PUT answered $code: $(cat "$TMP/put.json")" >&2; exit 1 ;;
-esac
-"$DP_BIN" --control-plane "127.0.0.1:$CFG_PORT" --workers "$WORKERS" \
-    --http-listen "127.0.0.1:$GW_PORT" --metrics-listen "127.0.0.1:$METRICS_PORT" \
-    --state-dir "$TMP/dp" --node-id bench-dp --access-log off --log-level warn \
-    >"$TMP/dp.log" 2>&1 &
-PIDS+=($!)
-DP_PID=$!
+start_controlplane "$ADMIN_PORT" "$CFG_PORT"
+admin_put routes/bench "{\"uri\": \"/*\", \"upstream\": {\"type\": \"roundrobin\",
+     \"nodes\": {\"127.0.0.1:$UP_PORT\": 1}}}"
+start_dataplane "$CFG_PORT" "$GW_PORT" "$METRICS_PORT"
 
 URL_PATH=/bench/hello
 for t in "UP:$UP_PORT" "NGX:$NGX_PORT" "GW:$GW_PORT"; do
@@ -226,15 +128,6 @@ nw_gw=$(children_of "$DP_PID" | wc -w)
 nw_ngx=$(children_of "$NGX_PID" | wc -w)
 
 # ---- measuring ---------------------------------------------------------------
-
-cpu_ticks_of() { # PID: utime+stime ticks of PID and its children
-    local p t=0 v
-    for p in "$1" $(children_of "$1"); do
-        v=$(awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$p/stat" 2>/dev/null) || continue
-        t=$((t + ${v:-0}))
-    done
-    echo "$t"
-}
 
 RESULTS=$TMP/results.tsv
 ROUND=0
@@ -261,57 +154,18 @@ run_wrk() {
     LOAD_PID=""
     [ "$mpid" != - ] && cpu1=$(cpu_ticks_of "$mpid")
     [ "$record" = 1 ] || return 0
-    python3 - "$out" "$target" "$mode" "$mem" "$(( (cpu1 - cpu0) * 1000000 / CLK_TCK ))" "$ROUND" \
-        >>"$RESULTS" <<'PY'
-import re, sys
-text = open(sys.argv[1]).read()
-def ms(v):
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", v)
-    n, u = float(m.group(1)), m.group(2)
-    return n * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[u]
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
-p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
-n = int(re.search(r"(\d+) requests in", text).group(1))
-non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-errs = (int(non2xx.group(1)) if non2xx else 0)
-conn_err = sum(int(x) for x in sock.groups()) if sock else 0
-rss, pss = sys.argv[4].split()
-cpu_us = int(sys.argv[5]) / n if rss != "-" and n else "-"
-print("\t".join(str(x) for x in (sys.argv[2], sys.argv[3], rps, p50, p99, rss, pss, n, errs, conn_err, cpu_us, sys.argv[6])))
-PY
+    local rps p50 p99 n errs cerr cpu_us=-
+    IFS=$'\t' read -r rps p50 p99 n errs cerr <<<"$(wrk_figures "$out")"
+    [ "$mpid" != - ] && [ "$n" -gt 0 ] && cpu_us=$(per_request_us $((cpu1 - cpu0)) "$n")
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$mode" "$rps" \
+        "$p50" "$p99" "${mem% *}" "${mem#* }" "$n" "$errs" "$cerr" "$cpu_us" "$ROUND" >>"$RESULTS"
 }
 
 MODES=(keepalive)
 [ "$CLOSE" = 1 ] && MODES+=(close)
 [ "$CLOSE" = only ] && MODES=(close)
 
-# CPU ticks: "all busy" (from /proc/stat) and "this benchmark's" (its daemons
-# and their workers, plus reaped children: wrk). The difference over the run
-# is what other programs on the machine took.
-cpu_ticks() {
-    local pids="$$ ${PIDS[*]}" p
-    for p in ${PIDS[*]}; do pids="$pids $(children_of "$p")"; done
-    python3 - $pids <<'PY2'
-import sys
-f = open("/proc/stat").readline().split()[1:]
-busy = sum(int(x) for i, x in enumerate(f) if i not in (3, 4))  # minus idle, iowait
-ours = 0
-for i, p in enumerate(sys.argv[1:]):
-    try:
-        st = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
-    except OSError:
-        continue
-    ours += int(st[11]) + int(st[12])  # utime, stime
-    if i == 0:
-        ours += int(st[13]) + int(st[14])  # the script's reaped children
-print(busy, ours)
-PY2
-}
-LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-CPU_START=$(cpu_ticks)
-T_START=$(date +%s.%N)
+mark_machine START
 log "upstream :$UP_PORT, nginx :$NGX_PORT ($nw_ngx workers), airgw :$GW_PORT ($nw_gw workers)"
 log "warm-up"
 for m in "${MODES[@]}"; do
@@ -336,9 +190,7 @@ for r in $(seq "$ROUNDS"); do
     done
 done
 cp_rss=$(mem_kb "$CP_PID" | cut -d' ' -f1)
-LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
-CPU_END=$(cpu_ticks)
-T_END=$(date +%s.%N)
+mark_machine END
 
 # ---- report ------------------------------------------------------------------
 

@@ -96,7 +96,6 @@ while [ $# -gt 0 ]; do
     *) echo "bench_mqtt.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
-[ "$DURATION" -ge 3 ] || { echo "bench_mqtt.sh: --duration must be >= 3" >&2; exit 2; }
 IFS=, read -r -a LOAD_LIST <<<"$LOADS"
 for l in "${LOAD_LIST[@]}"; do
     case $l in q0max | q1max | q0rate | q1rate) ;; *)
@@ -104,8 +103,8 @@ for l in "${LOAD_LIST[@]}"; do
     esac
 done
 
-log() { echo "bench_mqtt: $*" >&2; }
-. "$(dirname "$0")/lib.sh"
+. tests/bench/lib.sh
+min_duration 3
 
 # ---- what it needs -------------------------------------------------------
 
@@ -127,17 +126,15 @@ install_missing() {
     apt_install "${missing[@]}"
 }
 install_missing
-NGINX=$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
-HAPROXY=$(command -v haproxy 2>/dev/null || echo /usr/sbin/haproxy)
-MOSQUITTO=$(command -v mosquitto 2>/dev/null || echo /usr/sbin/mosquitto)
+NGINX=$(sbin_path nginx)
+HAPROXY=$(sbin_path haproxy)
+MOSQUITTO=$(sbin_path mosquitto)
 
-for b in controlplane/airgw-controlplane dataplane/airgw-dataplane; do
-    [ -x "$BUILD/$b" ] || { echo "bench_mqtt.sh: $BUILD/$b is not built" >&2; exit 1; }
-done
-CP_BIN=$BUILD/controlplane/airgw-controlplane
-DP_BIN=$BUILD/dataplane/airgw-dataplane
+need_built
 
-TMP=$(mktemp -d /tmp/airgw-bench-mqtt.XXXXXX)
+# ---- processes: started here, stopped by PID on exit -----------------------
+
+bench_init mqtt
 
 # The load tool: built by meson with the rest, else compiled here.
 LOAD_BIN=$BUILD/tests/airgw-mqttload
@@ -145,23 +142,13 @@ if [ ! -x "$LOAD_BIN" ]; then
     LOAD_BIN=$TMP/airgw-mqttload
     gcc -O2 -D_GNU_SOURCE -Wall -Wextra -Werror tests/bench/mqttload.c \
         $(pkg-config --cflags --libs libuv) -lm -o "$LOAD_BIN" ||
-        { echo "bench_mqtt.sh: cannot build tests/bench/mqttload.c" >&2; rm -rf "$TMP"; exit 1; }
+        die "cannot build tests/bench/mqttload.c"
 fi
 
 # Open files: every process started here inherits this. 10,000 proxied
 # connections are 20,000 sockets in a proxy.
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 NOFILE=$(ulimit -n)
-
-# ---- processes: started here, stopped by PID on exit -----------------------
-
-PIDS=()      # in start order; stopped in reverse
-LOAD_PID=""
-
-
-trap bench_cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 forget_pid() { # PID: stop it and drop it from PIDS (it may be reused later)
     local pid=$1 keep=() p
@@ -241,11 +228,6 @@ EOF
 "$NGINX" -t -q -p "$NGD" -c "$NGD/nginx.conf" -e "$NGD/error.log" || {
     echo "bench_mqtt.sh: bad nginx config (is the stream module there?)" >&2; exit 1; }
 NGX_PID=""
-start_nginx() {
-    "$NGINX" -p "$NGD" -c "$NGD/nginx.conf" -e "$NGD/error.log" >"$NGD/stdout.log" 2>&1 &
-    PIDS+=($!)
-    NGX_PID=$!
-}
 
 # -- HAProxy: one process, N threads; two file descriptors per connection
 HPD=$TMP/haproxy
@@ -277,23 +259,7 @@ start_haproxy() {
 }
 
 # -- airgw: control plane (route on the Admin API) + data plane
-KEY=bench-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
-mkdir -p "$TMP/cp"
-"$CP_BIN" --state-dir "$TMP/cp" --admin-listen "127.0.0.1:$ADMIN_PORT" \
-    --config-listen "127.0.0.1:$CFG_PORT" --admin-key "$KEY" --log-level warn \
-    >"$TMP/cp/log" 2>&1 &
-PIDS+=($!)
-CP_PID=$!
-wait_status "http://127.0.0.1:$ADMIN_PORT/healthz" 200 ||
-    { echo "bench_mqtt.sh: the control plane did not come up:" >&2; tail "$TMP/cp/log" >&2; exit 1; }
-admin_put() { # PATH JSON
-    local code
-    code=$(curl -s -o "$TMP/put.json" -w '%{http_code}' -X PUT \
-        "http://127.0.0.1:$ADMIN_PORT/apisix/admin/$1" -H "X-API-KEY: $KEY" -d "$2")
-    case $code in 200 | 201) ;; *)
-        echo "bench_mqtt.sh: PUT $1 answered $code: $(cat "$TMP/put.json")" >&2; exit 1 ;;
-    esac
-}
+start_controlplane "$ADMIN_PORT" "$CFG_PORT"
 admin_put upstreams/broker "{\"type\": \"chash\", \"key\": \"mqtt_client_id\",
     \"nodes\": {\"127.0.0.1:$BROKER_PORT\": 1}}"
 admin_put stream_routes/mqtt "{\"server_port\": $GW_PORT, \"upstream_id\": \"broker\",
@@ -325,7 +291,7 @@ pid_of() { # TARGET: the proxy's (master) PID, or - for direct
 }
 start_target() { # TARGET, then wait until it proxies a CONNECT
     case $1 in
-    airgw) start_airgw ;; nginx) start_nginx ;; haproxy) start_haproxy ;; direct) return 0 ;;
+    airgw) start_airgw ;; nginx) start_nginx NGX "$NGD" ;; haproxy) start_haproxy ;; direct) return 0 ;;
     esac
     wait_mqtt "$(port_of "$1")" 15 || {
         echo "bench_mqtt.sh: $1 does not proxy MQTT on $(port_of "$1")" >&2
@@ -340,16 +306,6 @@ stop_target() { # TARGET
 }
 
 # ---- measuring ---------------------------------------------------------------
-
-ticks_of() { # PID: utime+stime of PID and its children (all threads)
-    local p t=0 x
-    [ "$1" = - ] && { echo 0; return; }
-    for p in "$1" $(children_of "$1"); do
-        x=$(awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$p/stat" 2>/dev/null) || continue
-        t=$((t + ${x:-0}))
-    done
-    echo "$t"
-}
 
 fds_of() { # PID: open descriptors of PID and its children
     local p n=0
@@ -383,8 +339,8 @@ run_load() {
     port=$(port_of "$target")
     mpid=$(pid_of "$target")
     local t0 b0
-    t0=$(ticks_of "$mpid")
-    b0=$(ticks_of "$BROKER_PID")
+    t0=$(cpu_ticks_of "$mpid")
+    b0=$(cpu_ticks_of "$BROKER_PID")
     # shellcheck disable=SC2046
     "$LOAD_BIN" --port "$port" --publishers "$PUBS" --subscribers "$SUBS" --size "$SIZE" \
         --duration "$dur" --topic-prefix "bench/$target" --client-id-prefix "$target" \
@@ -397,8 +353,8 @@ run_load() {
     wait "$LOAD_PID" || rc=$?
     LOAD_PID=""
     local t1 b1
-    t1=$(ticks_of "$mpid")
-    b1=$(ticks_of "$BROKER_PID")
+    t1=$(cpu_ticks_of "$mpid")
+    b1=$(cpu_ticks_of "$BROKER_PID")
     if [ ! -s "$out" ]; then
         echo "bench_mqtt.sh: the load tool failed ($rc) against $target:" >&2
         cat "$TMP/load.err" >&2
@@ -453,37 +409,13 @@ hold_run() {
     forget_pid "$BROKER_PID"
 }
 
-# CPU ticks: "all busy" (from /proc/stat) and "this benchmark's" (its daemons
-# and their workers, plus reaped children: the load tool).
-cpu_ticks() {
-    local pids="$$ ${PIDS[*]}" p
-    for p in ${PIDS[*]}; do pids="$pids $(children_of "$p")"; done
-    python3 - $pids <<'PY2'
-import sys
-f = open("/proc/stat").readline().split()[1:]
-busy = sum(int(x) for i, x in enumerate(f) if i not in (3, 4))  # minus idle, iowait
-ours = 0
-for i, p in enumerate(sys.argv[1:]):
-    try:
-        st = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
-    except OSError:
-        continue
-    ours += int(st[11]) + int(st[12])  # utime, stime
-    if i == 0:
-        ours += int(st[13]) + int(st[14])  # the script's reaped children
-print(busy, ours)
-PY2
-}
-
 TARGETS=(airgw nginx haproxy direct)
 rotated() { # ROUND: the targets, starting at a different one each round
     local r=$1 i n=${#TARGETS[@]}
     for ((i = 0; i < n; i++)); do echo "${TARGETS[$(((i + r - 1) % n))]}"; done
 }
 
-LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-CPU_START=$(cpu_ticks)
-T_START=$(date +%s.%N)
+mark_machine START
 log "broker :$BROKER_PORT, airgw :$GW_PORT, nginx :$NGX_PORT, haproxy :$HAP_PORT;" \
     "open files $NOFILE; load tool $LOAD_BIN"
 
@@ -518,9 +450,7 @@ if [ "$DO_IDLE" = 1 ]; then
     done
 fi
 cp_rss=$(mem_kb "$CP_PID" | cut -d' ' -f1)
-LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
-CPU_END=$(cpu_ticks)
-T_END=$(date +%s.%N)
+mark_machine END
 
 # ---- report ------------------------------------------------------------------
 

@@ -28,107 +28,38 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-WORKERS=${BENCH_WORKERS:-2}
-DURATION=${BENCH_DURATION:-10}
-CONNS=${BENCH_CONNS:-64}
-THREADS=${BENCH_THREADS:-2}
-ROUNDS=${BENCH_ROUNDS:-3}
-BUILD=${AIRGW_BUILD:-build}
+. tests/bench/lib.sh
+wrk_bench_defaults
 
 while [ $# -gt 0 ]; do
-    case $1 in
-    --workers) WORKERS=$2; shift 2 ;;
-    --duration) DURATION=$2; shift 2 ;;
-    --connections) CONNS=$2; shift 2 ;;
-    --threads) THREADS=$2; shift 2 ;;
-    --rounds) ROUNDS=$2; shift 2 ;;
-    --build) BUILD=$2; shift 2 ;;
-    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) echo "bench_plugins.sh: unknown argument $1" >&2; exit 2 ;;
-    esac
+    wrk_bench_arg "$@"
+    shift "$ARG_SHIFT"
 done
-[ "$DURATION" -ge 2 ] || { echo "bench_plugins.sh: --duration must be >= 2" >&2; exit 2; }
+min_duration 2
 
-log() { echo "bench_plugins: $*" >&2; }
-TMP=$(mktemp -d /tmp/airgw-bench-plugins.XXXXXX)
-PIDS=()
-LOAD_PID=""
-. "$(dirname "$0")/lib.sh"
-trap bench_cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-missing=()
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
-command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-apt_install "${missing[@]}"
-NGINX=$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
+bench_init plugins
+apt_need nginx wrk
+NGINX=$(sbin_path nginx)
 WRK=$(command -v wrk)
 CLK_TCK=$(getconf CLK_TCK)
-for b in controlplane/airgw-controlplane dataplane/airgw-dataplane; do
-    [ -x "$BUILD/$b" ] || { echo "bench_plugins.sh: $BUILD/$b is not built" >&2; exit 1; }
-done
+need_built
 
 read -r UP_PORT GW_PORT ADMIN_PORT CFG_PORT METRICS_PORT <<<"$(free_ports 5)"
 
 # -- the upstream
-UPD=$TMP/upstream
-mkdir -p "$UPD"
-cat >"$UPD/nginx.conf" <<EOF
-daemon off;
-master_process on;
-worker_processes 1;
-pid $UPD/nginx.pid;
-error_log $UPD/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $UPD/client_body;
-    proxy_temp_path $UPD/proxy;
-    fastcgi_temp_path $UPD/fastcgi;
-    uwsgi_temp_path $UPD/uwsgi;
-    scgi_temp_path $UPD/scgi;
-    keepalive_requests 100000;
-    server {
-        listen 127.0.0.1:$UP_PORT backlog=4096;
-        location / { default_type text/plain; return 200 "hello from upstream\n"; }
-    }
-}
-EOF
-"$NGINX" -p "$UPD" -c "$UPD/nginx.conf" -e "$UPD/error.log" >"$UPD/stdout.log" 2>&1 &
-PIDS+=($!)
+start_upstream "$UP_PORT"
 
 # -- airgw
-KEY=bench-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
-mkdir -p "$TMP/cp" "$TMP/dp"
-"$BUILD/controlplane/airgw-controlplane" --state-dir "$TMP/cp" \
-    --admin-listen "127.0.0.1:$ADMIN_PORT" --config-listen "127.0.0.1:$CFG_PORT" \
-    --admin-key "$KEY" --log-level warn >"$TMP/cp/log" 2>&1 &
-PIDS+=($!)
-wait_status "http://127.0.0.1:$ADMIN_PORT/healthz" 200 ||
-    { echo "bench_plugins.sh: the control plane did not come up" >&2; tail "$TMP/cp/log" >&2; exit 1; }
-admin() { # PATH JSON
-    local code
-    code=$(curl -s -o "$TMP/put.json" -w '%{http_code}' -X PUT \
-        "http://127.0.0.1:$ADMIN_PORT/apisix/admin/$1" -H "X-API-KEY: $KEY" -d "$2")
-    case $code in 200 | 201) ;; *)
-        echo "bench_plugins.sh: PUT $1 answered $code: $(cat "$TMP/put.json")" >&2; exit 1 ;;
-    esac
-}
+start_controlplane "$ADMIN_PORT" "$CFG_PORT"
 UPSTREAM="{\"type\": \"roundrobin\", \"nodes\": {\"127.0.0.1:$UP_PORT\": 1}}"
 LIMIT='"limit-count": {"count": 1000000000, "time_window": 60, "rejected_code": 429}'
-admin consumers '{"username": "bench", "plugins": {"key-auth": {"key": "bench-key"}}}'
-admin routes/plain "{\"uri\": \"/plain/*\", \"upstream\": $UPSTREAM}"
-admin routes/limit "{\"uri\": \"/limit/*\", \"upstream\": $UPSTREAM,
+admin_put consumers '{"username": "bench", "plugins": {"key-auth": {"key": "bench-key"}}}'
+admin_put routes/plain "{\"uri\": \"/plain/*\", \"upstream\": $UPSTREAM}"
+admin_put routes/limit "{\"uri\": \"/limit/*\", \"upstream\": $UPSTREAM,
     \"plugins\": {$LIMIT, \"prometheus\": {}}}"
-admin routes/auth "{\"uri\": \"/auth/*\", \"upstream\": $UPSTREAM,
+admin_put routes/auth "{\"uri\": \"/auth/*\", \"upstream\": $UPSTREAM,
     \"plugins\": {\"key-auth\": {}, $LIMIT, \"prometheus\": {}}}"
-"$BUILD/dataplane/airgw-dataplane" --control-plane "127.0.0.1:$CFG_PORT" --workers "$WORKERS" \
-    --http-listen "127.0.0.1:$GW_PORT" --metrics-listen "127.0.0.1:$METRICS_PORT" \
-    --state-dir "$TMP/dp" --node-id bench-dp --access-log off --log-level warn \
-    >"$TMP/dp.log" 2>&1 &
-PIDS+=($!)
-DP_PID=$!
+start_dataplane "$CFG_PORT" "$GW_PORT" "$METRICS_PORT"
 GW=http://127.0.0.1:$GW_PORT
 wait_status "$GW/plain/x" 200 15 || { echo "bench_plugins.sh: no 200 on /plain/x" >&2; tail "$TMP/dp.log" >&2; exit 1; }
 wait_status "$GW/limit/x" 200 15 || { echo "bench_plugins.sh: no 200 on /limit/x" >&2; exit 1; }
@@ -149,15 +80,6 @@ if [ "$no_key" != 401 ] || [ "$with_key" != 200 ]; then
     AUTH_NOTE="key-auth did not act in this build (no key: $no_key, with the key: $with_key): the auth route is left out."
 fi
 
-cpu_ticks_of() { # PID: utime+stime ticks of PID and its children
-    local p t=0 v
-    for p in "$1" $(children_of "$1"); do
-        v=$(awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$p/stat" 2>/dev/null) || continue
-        t=$((t + ${v:-0}))
-    done
-    echo "$t"
-}
-
 RESULTS=$TMP/results.tsv
 : >"$RESULTS"
 run_wrk() { # ROUTE SECONDS RECORD ROUND
@@ -172,21 +94,10 @@ run_wrk() { # ROUTE SECONDS RECORD ROUND
     LOAD_PID=""
     cpu1=$(cpu_ticks_of "$DP_PID")
     [ "$record" = 1 ] || return 0
-    python3 - "$out" "$route" "$(( (cpu1 - cpu0) * 1000000 / CLK_TCK ))" "$round" \
-        >>"$RESULTS" <<'PY'
-import re, sys
-text = open(sys.argv[1]).read()
-def ms(v):
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", v)
-    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[m.group(2)]
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
-p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
-n = int(re.search(r"(\d+) requests in", text).group(1))
-bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-print("\t".join(str(x) for x in (sys.argv[2], rps, p50, p99, n, bad.group(1) if bad else 0,
-                                 int(sys.argv[3]) / n if n else 0, sys.argv[4])))
-PY
+    local rps p50 p99 n bad
+    IFS=$'\t' read -r rps p50 p99 n bad _ <<<"$(wrk_figures "$out")"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$route" "$rps" "$p50" "$p99" "$n" "$bad" \
+        "$(per_request_us $((cpu1 - cpu0)) "$n")" "$round" >>"$RESULTS"
 }
 
 log "upstream :$UP_PORT, airgw :$GW_PORT ($(children_of "$DP_PID" | wc -w) workers); routes: ${ROUTES[*]}"

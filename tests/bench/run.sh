@@ -34,19 +34,9 @@ echo
 echo '```'
 build/tests/bench_balancer | tail -8
 echo '```'
-if [ -x tests/bench/bench_http.sh ]; then
-    echo
-    bash tests/bench/bench_http.sh
-fi
-if [ -x tests/bench/bench_mqtt.sh ]; then
-    echo
-    bash tests/bench/bench_mqtt.sh
-fi
-if [ -x tests/bench/bench_plugins.sh ]; then
-    echo
-    bash tests/bench/bench_plugins.sh
-fi
-if [ -x tests/bench/bench_device_api.sh ]; then
-    echo
-    bash tests/bench/bench_device_api.sh
-fi
+for b in http mqtt plugins device_api; do
+    if [ -x "tests/bench/bench_$b.sh" ]; then
+        echo
+        bash "tests/bench/bench_$b.sh"
+    fi
+done
