@@ -97,6 +97,8 @@ struct master {
     struct metrics *metrics;   /* shared with workers; NULL when unavailable */
     struct health_table *health; /* node verdicts shared with workers, or NULL */
     struct shm_limits *limits; /* limit plugins' node-wide counters, or NULL */
+    struct tls_ticket_keys *tickets; /* TLS session ticket keys shared with workers, or NULL */
+    uv_timer_t ticket_timer;   /* rotates them every TLS_TICKET_ROTATE_S */
     struct health_checker *hc; /* active checks */
     struct metrics_server *ms; /* /apisix/prometheus/metrics */
     int stopping;
@@ -492,8 +494,8 @@ static void spawn_worker(struct master *m, int slot)
     size_t nenv = 0;
     while (environ[nenv])
         nenv++;
-    char **env = calloc(nenv + 7, sizeof(char *));
-    char fdenv[64], menv[64], henv[64], lenv[64], senv[32 + 8 * DP_MAX_LISTEN];
+    char **env = calloc(nenv + 8, sizeof(char *));
+    char fdenv[64], menv[64], henv[64], lenv[64], tenv[64], senv[32 + 8 * DP_MAX_LISTEN];
     snprintf(fdenv, sizeof(fdenv), "AIRGW_LISTEN_FDS=%zu", sl->nfds);
     int next_fd = 4 + (int)sl->nfds;
     /* Stream sockets follow the http ones: "fd,fd" with a "t" on TLS ones. */
@@ -509,12 +511,14 @@ static void spawn_worker(struct master *m, int slot)
     snprintf(menv, sizeof(menv), "AIRGW_METRICS_FD=%d", m->metrics ? next_fd++ : -1);
     snprintf(henv, sizeof(henv), "AIRGW_HEALTH_FD=%d", m->health ? next_fd++ : -1);
     snprintf(lenv, sizeof(lenv), "AIRGW_LIMITS_FD=%d", m->limits ? next_fd++ : -1);
+    snprintf(tenv, sizeof(tenv), "AIRGW_TLS_TICKETS_FD=%d", m->tickets ? next_fd++ : -1);
     size_t e = 0;
     for (size_t i = 0; i < nenv; i++)
         if (strncmp(environ[i], "AIRGW_LISTEN_FDS=", 17) != 0 &&
             strncmp(environ[i], "AIRGW_METRICS_FD=", 17) != 0 &&
             strncmp(environ[i], "AIRGW_HEALTH_FD=", 16) != 0 &&
             strncmp(environ[i], "AIRGW_LIMITS_FD=", 16) != 0 &&
+            strncmp(environ[i], "AIRGW_TLS_TICKETS_FD=", 21) != 0 &&
             strncmp(environ[i], "AIRGW_STREAM_FDS=", 17) != 0 &&
             strncmp(environ[i], "AIRGW_HTTPS_FDS=", 16) != 0)
             env[e++] = environ[i];
@@ -522,10 +526,11 @@ static void spawn_worker(struct master *m, int slot)
     env[e++] = menv;
     env[e++] = henv;
     env[e++] = lenv;
+    env[e++] = tenv;
     env[e++] = senv;
     env[e++] = hsenv;
 
-    uv_stdio_container_t stdio[7 + 3 * DP_MAX_LISTEN];
+    uv_stdio_container_t stdio[8 + 3 * DP_MAX_LISTEN];
     stdio[0].flags = UV_IGNORE;
     stdio[1].flags = UV_INHERIT_FD;
     stdio[1].data.fd = 1;
@@ -561,6 +566,11 @@ static void spawn_worker(struct master *m, int slot)
     if (m->limits) {
         stdio[nstdio].flags = UV_INHERIT_FD;
         stdio[nstdio].data.fd = shm_limits_fd(m->limits);
+        nstdio++;
+    }
+    if (m->tickets) {
+        stdio[nstdio].flags = UV_INHERIT_FD;
+        stdio[nstdio].data.fd = tls_ticket_keys_fd(m->tickets);
         nstdio++;
     }
     uv_process_options_t po = {
@@ -808,6 +818,17 @@ static void on_stop_signal(uv_signal_t *sig, int signum)
         master_finish(m);
 }
 
+/* New ticket keys; the previous ones still open tickets until the next turn. */
+static void on_ticket_timer(uv_timer_t *t)
+{
+    struct master *m = t->data;
+    int rc = tls_ticket_keys_rotate(m->tickets);
+    if (rc < 0)
+        log_warn("TLS session ticket keys not rotated: %s", strerror(-rc));
+    else
+        log_info("TLS session ticket keys rotated");
+}
+
 /* Everything is drained: close the remaining handles so the loop ends. */
 static void master_finish(struct master *m)
 {
@@ -829,6 +850,7 @@ static void master_finish(struct master *m)
     }
     uv_close((uv_handle_t *)&m->save_timer, NULL);
     uv_close((uv_handle_t *)&m->drain_timer, NULL);
+    uv_close((uv_handle_t *)&m->ticket_timer, NULL);
     uv_close((uv_handle_t *)&m->sig_term, NULL);
     uv_close((uv_handle_t *)&m->sig_int, NULL);
     uv_close((uv_handle_t *)&m->sig_hup, NULL);
@@ -937,6 +959,15 @@ int master_main(int argc, char **argv)
     if (!(m->limits = shm_limits_create(MAX_SLOTS)))
         log_warn("node-wide limits unavailable (each worker counts alone): cannot create shared "
                  "memory: %s", strerror(errno));
+    /* One set of ticket keys for every worker, so a client resumes on any. */
+    if (!(m->tickets = tls_ticket_keys_create()))
+        log_warn("TLS session tickets: cannot create shared keys (%s); each worker uses its own",
+                 strerror(errno));
+    uv_timer_init(&m->loop, &m->ticket_timer);
+    m->ticket_timer.data = m;
+    if (m->tickets)
+        uv_timer_start(&m->ticket_timer, on_ticket_timer, TLS_TICKET_ROTATE_S * 1000ull,
+                       TLS_TICKET_ROTATE_S * 1000ull);
     start_source(m);
     health_checker_update(m->hc, m->st.res);
     for (int i = 0; i < m->nslots; i++)
@@ -960,6 +991,7 @@ out:
     metrics_free(m->metrics);
     health_table_free(m->health);
     shm_limits_free(m->limits);
+    tls_ticket_keys_free(m->tickets);
     dp_settings_free(&m->s);
     config_cleanup();
     jsonschema_cleanup();

@@ -44,13 +44,17 @@
  *    a client offering ALPN without any of them is refused with
  *    no_application_protocol (nginx >= 1.21.4); a client without ALPN is
  *    served.
- *  - Resumption: session tickets (TLS 1.2 and 1.3) with per-process random
- *    keys that BoringSSL rotates, plus a small server session cache for
- *    TLS 1.2 clients without tickets. Workers do not share keys, so a
- *    client resumes only when it reaches the same worker again. BoringSSL
- *    sends TLS 1.3 tickets with the server's first application data. A session resumes only for the
- * same ssl configuration (its session id context is a digest of it), so a changed certificate or
- * client CA forces a full handshake.
+ *  - Resumption: session tickets (TLS 1.2 and 1.3), plus a small server
+ *    session cache for TLS 1.2 clients without tickets (per process). The
+ *    ticket keys come from a key ring the master makes and every worker
+ *    maps (tls_ticket_keys_*: random keys, rotated every
+ *    TLS_TICKET_ROTATE_S with the previous key still accepted), so a client
+ *    resumes on whichever worker of the node it reaches; a process without
+ *    a ring (tests, a worker started by hand) uses BoringSSL's own random
+ *    keys. BoringSSL sends TLS 1.3 tickets with the server's first
+ *    application data. A session resumes only for the same ssl
+ *    configuration (its session id context is a digest of it), so a
+ *    changed certificate or client CA forces a full handshake.
  *  - mTLS: an ssl with client.ca requires a client certificate and verifies
  *    it against those CAs with depth client.depth (default 1: OpenSSL's and
  *    nginx's ssl_verify_depth meaning); no certificate or a failed
@@ -155,6 +159,44 @@ struct tls_client_ctx *tls_ctx_store_client(struct tls_ctx_store *st, const json
  * certificate): equal for equal configurations, across revisions. Pool
  * keys use it so a pooled connection is reused only with the same one. */
 uint64_t tls_client_ctx_fingerprint(const struct tls_client_ctx *cc);
+
+/* ---- session ticket keys shared by the workers of a node ---- */
+
+/* How often the master makes a new ticket key; tickets under the previous
+ * key are still accepted (and renewed), so a ticket lives 12 to 24 hours. */
+#define TLS_TICKET_ROTATE_S (12 * 3600)
+
+struct tls_ticket_keys;
+
+/*
+ * The master: a key ring in shared memory (a memfd, close-on-exec) holding
+ * a fresh random current key and no previous one. Workers receive its fd
+ * (tls_ticket_keys_fd) and map it with tls_ticket_keys_attach. Does not
+ * initialise BoringSSL (the keys come from getrandom). NULL with errno set
+ * when the memory cannot be made.
+ */
+struct tls_ticket_keys *tls_ticket_keys_create(void);
+
+/* A worker: maps the ring behind fd (inherited from the master; fd stays
+ * open while the ring is mapped). NULL when fd is not a ring. */
+struct tls_ticket_keys *tls_ticket_keys_attach(int fd);
+
+int tls_ticket_keys_fd(const struct tls_ticket_keys *k);
+
+/* The master: the current key becomes the previous one and a new random
+ * key the current one, for every process mapping the ring at once. 0 or a
+ * negative errno (the ring is unchanged then). */
+int tls_ticket_keys_rotate(struct tls_ticket_keys *k);
+
+/* Unmaps and closes. NULL is ignored. */
+void tls_ticket_keys_free(struct tls_ticket_keys *k);
+
+/*
+ * Makes k (borrowed; NULL: none) the ring that the server contexts built
+ * from now on encrypt and decrypt tickets with. Call it before the first
+ * store is built, and keep k until the last store is freed.
+ */
+void tls_use_ticket_keys(struct tls_ticket_keys *k);
 
 /* ---- connections ---- */
 

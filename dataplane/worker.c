@@ -49,7 +49,8 @@ struct worker {
     int hfds[DP_MAX_LISTEN];         /* inherited https listeners */
     int nhfds;
     struct http_proxy_opts hpo;      /* their options: po with https */
-    struct tls_ctx_store *tls;       /* certificates of the current revision (one ref) */
+    struct tls_ctx_store *tls;       /* certificates of the current revision (one ref), or
+                                      * NULL until the first TLS use (current_tls) */
     struct stream_proxy_opts so;     /* their options */
     int serving;                     /* proxies started: a first snapshot is compiled */
     struct http_proxy_opts po;       /* their options */
@@ -62,6 +63,7 @@ struct worker {
     struct metrics *metrics;         /* node-wide counters, or NULL */
     struct health_table *health;     /* node verdicts, or NULL */
     struct shm_limits *limits;       /* limit plugins' node-wide counters, or NULL */
+    struct tls_ticket_keys *tickets; /* the node's TLS ticket keys, or NULL (own keys) */
     uv_timer_t gauge_timer;          /* publishes connection gauges */
     char rbuf[65536];
 };
@@ -72,9 +74,19 @@ static struct snapshot *current_snapshot(void *ud)
     return w->snap;
 }
 
+/* The certificate store is built on the first TLS use (an HTTPS or TLS
+ * stream accept, an upstream over TLS), not at start: a worker that never
+ * speaks TLS does not initialise BoringSSL nor parse certificates. From then
+ * on rebuild() keeps it current with each revision. */
 static struct tls_ctx_store *current_tls(void *ud)
 {
     struct worker *w = ud;
+    if (!w->tls) {
+        w->tls = tls_ctx_store_build(w->st.res, NULL, NULL);
+        if (w->tls)
+            log_debug("TLS: certificates of revision %lld built on first use",
+                      (long long)w->st.revision);
+    }
     return w->tls;
 }
 
@@ -131,12 +143,13 @@ static void rebuild(struct worker *w)
     w->snap = s;
     if (old)
         snapshot_unref(old);
-    /* Certificates: unchanged ssls keep their contexts (and sessions). */
-    struct tls_ctx_store *t = tls_ctx_store_build(w->st.res, w->tls, NULL);
+    /* Certificates: unchanged ssls keep their contexts (and sessions).
+     * Not built yet: current_tls() will on first use. */
+    struct tls_ctx_store *t = w->tls ? tls_ctx_store_build(w->st.res, w->tls, NULL) : NULL;
     if (t) {
         tls_ctx_store_unref(w->tls);
         w->tls = t;
-    } else {
+    } else if (w->tls) {
         log_error("cannot build the certificates of revision %lld; keeping the previous ones",
                   (long long)w->st.revision);
     }
@@ -325,6 +338,14 @@ int worker_main(int argc, char **argv)
             log_warn("cannot map the node-wide limit counters: each worker counts alone");
     }
 
+    const char *tfd = getenv("AIRGW_TLS_TICKETS_FD");
+    if (tfd && atoi(tfd) > 0) {
+        fcntl(atoi(tfd), F_SETFD, FD_CLOEXEC);
+        if (!(w->tickets = tls_ticket_keys_attach(atoi(tfd))))
+            log_warn("cannot map the node's TLS ticket keys: sessions resume on this worker only");
+        tls_use_ticket_keys(w->tickets);
+    }
+
     /* Plugins run in workers only, set up before the first snapshot. */
     struct plugin_env penv = {.loop = &w->loop, .worker_id = w->s.worker_index,
                               .nworkers = w->s.workers, .metrics = w->metrics, .limits = w->limits};
@@ -333,7 +354,6 @@ int worker_main(int argc, char **argv)
     /* An empty snapshot until the master's arrives: every request is a 404. */
     json_t *empty = json_object();
     w->snap = snapshot_build(empty, 0);
-    w->tls = tls_ctx_store_build(empty, NULL, NULL);
     json_decref(empty);
 
     const char *nfds_s = getenv("AIRGW_LISTEN_FDS");
@@ -418,6 +438,7 @@ int worker_main(int argc, char **argv)
     if (w->snap)
         snapshot_unref(w->snap);
     tls_ctx_store_unref(w->tls);
+    tls_ticket_keys_free(w->tickets);
     cfgs_decoder_free(&w->dec);
     cfg_state_free(&w->st);
     if (w->access_log_fd >= 0)

@@ -13,6 +13,7 @@
  */
 #include "tls.c"
 
+#include <fcntl.h>
 #include <stdarg.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -1060,6 +1061,112 @@ static void test_hello_retry(void)
     json_decref(res);
 }
 
+/* A full handshake with st, settled so the client holds its ticket; the
+ * client's session (a new reference). */
+static struct tls_session *first_session(struct tls_ctx_store *st, struct tls_client_ctx *cc,
+                                         uint16_t maxv)
+{
+    struct pair p = connect_pair(st, cc, "a.example.com", NULL, NULL, NULL);
+    if (maxv)
+        SSL_set_max_proto_version(p.c->ssl, maxv);
+    CHECK(handshake(p.c, p.s) == 0);
+    settle(p.c, p.s);
+    CHECK(!tls_conn_resumed(p.s));
+    struct tls_session *sess = tls_conn_session(p.c);
+    CHECK(sess != NULL);
+    pair_free(&p);
+    return sess;
+}
+
+/* Resumes sess on st? *renewed (when not NULL) gets the session the
+ * connection ended with (a new reference). */
+static bool resumes(struct tls_ctx_store *st, struct tls_client_ctx *cc, uint16_t maxv,
+                    const struct tls_session *sess, struct tls_session **renewed)
+{
+    struct pair p = connect_pair(st, cc, "a.example.com", NULL, NULL, sess);
+    if (maxv)
+        SSL_set_max_proto_version(p.c->ssl, maxv);
+    CHECK(handshake(p.c, p.s) == 0);
+    settle(p.c, p.s);
+    bool r = tls_conn_resumed(p.s);
+    CHECK(r == tls_conn_resumed(p.c));
+    if (renewed)
+        *renewed = tls_conn_session(p.c);
+    pair_free(&p);
+    return r;
+}
+
+/* Two stores with their own base contexts stand for two workers. */
+static void ticket_round(struct tls_ticket_keys *master, uint16_t maxv)
+{
+    json_t *res = std_resources();
+    struct tls_ctx_store *a = store_of(res, NULL), *b = store_of(res, NULL);
+    struct tls_client_ctx *cc = plain_client(a);
+    struct tls_session *s1 = first_session(a, cc, maxv);
+    CHECK(resumes(b, cc, maxv, s1, NULL)); /* the other "worker" */
+    CHECK(resumes(a, cc, maxv, s1, NULL));
+
+    /* one rotation: the old key still opens tickets; the ticket is renewed
+     * under the new one */
+    CHECK(tls_ticket_keys_rotate(master) == 0);
+    struct tls_session *s2 = NULL;
+    CHECK(resumes(b, cc, maxv, s1, &s2));
+    CHECK(s2 != NULL);
+    /* a second one: the first key is gone, the renewed ticket resumes */
+    CHECK(tls_ticket_keys_rotate(master) == 0);
+    CHECK(!resumes(a, cc, maxv, s1, NULL));
+    CHECK(s2 && resumes(a, cc, maxv, s2, NULL));
+    tls_session_free(s1);
+    tls_session_free(s2);
+    tls_ctx_store_unref(a);
+    tls_ctx_store_unref(b);
+    json_decref(res);
+}
+
+static void test_ticket_keys(void)
+{
+    /* without a ring each base context has its own keys: no resumption
+     * from one "worker" to another */
+    json_t *res = std_resources();
+    struct tls_ctx_store *a = store_of(res, NULL), *b = store_of(res, NULL);
+    struct tls_client_ctx *cc = plain_client(a);
+    struct tls_session *s = first_session(a, cc, 0);
+    CHECK(resumes(a, cc, 0, s, NULL));
+    CHECK(!resumes(b, cc, 0, s, NULL));
+    tls_session_free(s);
+    tls_ctx_store_unref(a);
+    tls_ctx_store_unref(b);
+    json_decref(res);
+
+    /* the master's ring, and a worker's mapping of it (another fd, as
+     * inherited across exec) */
+    struct tls_ticket_keys *master = tls_ticket_keys_create();
+    CHECK(master != NULL);
+    if (!master)
+        return;
+    int fd = dup(tls_ticket_keys_fd(master));
+    struct tls_ticket_keys *worker = tls_ticket_keys_attach(fd);
+    CHECK(worker != NULL);
+    if (!worker) {
+        close(fd);
+        tls_ticket_keys_free(master);
+        return;
+    }
+    /* not a ring */
+    CHECK(tls_ticket_keys_attach(-1) == NULL);
+    int devnull = open("/dev/null", O_RDONLY);
+    CHECK(tls_ticket_keys_attach(devnull) == NULL);
+    close(devnull);
+
+    tls_use_ticket_keys(worker);
+    ticket_round(master, 0);
+    ticket_round(master, TLS1_2_VERSION);
+    tls_use_ticket_keys(NULL);
+    tls_ticket_keys_free(worker);
+    tls_ticket_keys_free(master);
+    tls_ticket_keys_free(NULL);
+}
+
 int main(void)
 {
     if (gen_certs() < 0) {
@@ -1082,6 +1189,7 @@ int main(void)
     RUN(test_dual_certificates);
     RUN(test_protocols);
     RUN(test_hello_retry);
+    RUN(test_ticket_keys);
     rm_certs();
     return check_summary();
 }
