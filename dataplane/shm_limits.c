@@ -296,6 +296,31 @@ static int load_state(struct entry *e, uint64_t key, uint64_t *s)
     return atomic_load_explicit(&e->key, memory_order_acquire) != key;
 }
 
+/* Key's entry (claimed for it when it has none) in *e and its state, a
+ * claim waited out, in *s; looks again when another key took the entry
+ * over meanwhile. The entry's index, or -ENOSPC. */
+static int entry_of(struct shm_limits *l, uint64_t key, uint64_t now, struct entry **e, uint64_t *s)
+{
+    for (;;) {
+        int idx = slot_of(l, key, now);
+        if (idx < 0)
+            return idx;
+        *e = &l->e[idx];
+        if (!load_state(*e, key, s))
+            return idx;
+    }
+}
+
+/* Fills a count verdict; 0. */
+static int count_verdict(struct shm_limits_verdict *v, bool admitted, uint64_t remaining,
+                         uint64_t reset_s)
+{
+    v->admitted = admitted;
+    v->remaining = remaining;
+    v->reset_s = reset_s;
+    return 0;
+}
+
 static void set_expires(struct entry *e, uint64_t ms)
 {
     atomic_store_explicit(&e->expires, ms, memory_order_release);
@@ -327,43 +352,33 @@ static int count_fixed(struct shm_limits *l, uint64_t key, uint64_t count, uint6
         now_tick--; /* a state with all-ones high bits reads as a busy mark */
     uint64_t now_ms = now / NS_PER_MS;
     for (;;) {
-        int idx = slot_of(l, key, now);
+        struct entry *e;
+        uint64_t s;
+        int idx = entry_of(l, key, now, &e, &s);
         if (idx < 0)
             return idx;
-        struct entry *e = &l->e[idx];
-        for (;;) {
-            uint64_t s;
-            if (load_state(e, key, &s))
-                break; /* taken over: look again */
-            uint32_t start = (uint32_t)(s >> 32), n = (uint32_t)s;
-            uint64_t exp = atomic_load_explicit(&e->expires, memory_order_acquire);
-            uint32_t elapsed = now_tick - start;
-            if ((int32_t)elapsed < 0)
-                elapsed = 0; /* another process read the clock a bit later */
-            int roll =
-                n == 0 || elapsed >= win_ticks || (exp != UINT64_MAX && now_ms > exp + STALE_MS);
-            uint64_t ns;
-            if (roll) {
-                start = now_tick;
-                elapsed = 0;
-                ns = ((uint64_t)start << 32) | 1u;
-                raise_expires(e, now_ms + win_ticks * (TICK_NS / NS_PER_MS));
-            } else if (n >= count) {
-                v->admitted = false;
-                v->remaining = 0;
-                v->reset_s = div_up((win_ticks - elapsed) * TICK_NS, 1000000000ull);
-                return 0;
-            } else {
-                ns = s + 1;
-            }
-            if (!atomic_compare_exchange_weak(&e->state, &s, ns))
-                continue;
-            uint32_t after = (uint32_t)ns;
-            v->admitted = true;
-            v->remaining = count - after;
-            v->reset_s = div_up((win_ticks - elapsed) * TICK_NS, 1000000000ull);
-            return 0;
+        uint32_t start = (uint32_t)(s >> 32), n = (uint32_t)s;
+        uint64_t exp = atomic_load_explicit(&e->expires, memory_order_acquire);
+        uint32_t elapsed = now_tick - start;
+        if ((int32_t)elapsed < 0)
+            elapsed = 0; /* another process read the clock a bit later */
+        int roll = n == 0 || elapsed >= win_ticks || (exp != UINT64_MAX && now_ms > exp + STALE_MS);
+        uint64_t ns;
+        if (roll) {
+            start = now_tick;
+            elapsed = 0;
+            ns = ((uint64_t)start << 32) | 1u;
+            raise_expires(e, now_ms + win_ticks * (TICK_NS / NS_PER_MS));
+        } else if (n >= count) {
+            return count_verdict(v, false, 0,
+                                 div_up((win_ticks - elapsed) * TICK_NS, 1000000000ull));
+        } else {
+            ns = s + 1;
         }
+        if (!atomic_compare_exchange_weak(&e->state, &s, ns))
+            continue;
+        return count_verdict(v, true, count - (uint32_t)ns,
+                             div_up((win_ticks - elapsed) * TICK_NS, 1000000000ull));
     }
 }
 
@@ -377,61 +392,49 @@ static int count_sliding(struct shm_limits *l, uint64_t key, uint64_t count, uin
     uint32_t w = (uint32_t)(now_ms / window_ms);
     uint64_t into = now_ms - (uint64_t)w * window_ms; /* ms into window w */
     for (;;) {
-        int idx = slot_of(l, key, now);
+        struct entry *e;
+        uint64_t s;
+        int idx = entry_of(l, key, now, &e, &s);
         if (idx < 0)
             return idx;
-        struct entry *e = &l->e[idx];
-        for (;;) {
-            uint64_t s;
-            if (load_state(e, key, &s))
-                break;
-            uint32_t sw = (uint32_t)(s >> 32), cur = (uint32_t)s;
-            if (sw != w) {
-                if ((int32_t)(w - sw) < 0) {
-                    /* Another process read the clock a bit later and
-                     * rolled: count in its window, at its start. */
-                    w = sw;
-                    into = 0;
-                    continue;
-                }
-                /* Roll to window w; the winner records the old window. */
-                uint64_t ns = (uint64_t)w << 32;
-                raise_expires(e, ((uint64_t)w + 2) * window_ms);
-                if (!atomic_compare_exchange_strong(&e->state, &s, ns))
-                    continue;
-                uint64_t prev = sw == w - 1 ? cur : 0;
-                atomic_store_explicit(&e->aux, ((uint64_t)(w - 1) << 32) | prev,
-                                      memory_order_release);
+        uint32_t sw = (uint32_t)(s >> 32), cur = (uint32_t)s;
+        if (sw != w) {
+            if ((int32_t)(w - sw) < 0) {
+                /* Another process read the clock a bit later and
+                 * rolled: count in its window, at its start. */
+                w = sw;
+                into = 0;
                 continue;
             }
-            /* The previous window's count; a roll in progress elsewhere may
-             * not have recorded it yet: wait a little for it. */
-            uint64_t a = atomic_load_explicit(&e->aux, memory_order_acquire);
-            for (int spin = 0; w > 0 && (uint32_t)(a >> 32) != w - 1 && spin < 100000; spin++) {
-                if (atomic_load_explicit(&e->state, memory_order_acquire) != s)
-                    break;
-                if (spin > 1000)
-                    sched_yield();
-                cpu_relax();
-                a = atomic_load_explicit(&e->aux, memory_order_acquire);
-            }
-            uint64_t prev = w > 0 && (uint32_t)(a >> 32) == w - 1 ? (uint32_t)a : 0;
-            uint64_t weighted = prev * (window_ms - into) / window_ms;
-            uint64_t est = weighted + cur;
-            if (est >= count) {
-                v->admitted = false;
-                v->remaining = 0;
-                v->reset_s = div_up(window_ms - into, 1000);
-                return 0;
-            }
+            /* Roll to window w; the winner records the old window. */
+            uint64_t ns = (uint64_t)w << 32;
             raise_expires(e, ((uint64_t)w + 2) * window_ms);
-            if (!atomic_compare_exchange_weak(&e->state, &s, s + 1))
+            if (!atomic_compare_exchange_strong(&e->state, &s, ns))
                 continue;
-            v->admitted = true;
-            v->remaining = count - est - 1;
-            v->reset_s = div_up(window_ms - into, 1000);
-            return 0;
+            uint64_t prev = sw == w - 1 ? cur : 0;
+            atomic_store_explicit(&e->aux, ((uint64_t)(w - 1) << 32) | prev, memory_order_release);
+            continue;
         }
+        /* The previous window's count; a roll in progress elsewhere may
+         * not have recorded it yet: wait a little for it. */
+        uint64_t a = atomic_load_explicit(&e->aux, memory_order_acquire);
+        for (int spin = 0; w > 0 && (uint32_t)(a >> 32) != w - 1 && spin < 100000; spin++) {
+            if (atomic_load_explicit(&e->state, memory_order_acquire) != s)
+                break;
+            if (spin > 1000)
+                sched_yield();
+            cpu_relax();
+            a = atomic_load_explicit(&e->aux, memory_order_acquire);
+        }
+        uint64_t prev = w > 0 && (uint32_t)(a >> 32) == w - 1 ? (uint32_t)a : 0;
+        uint64_t weighted = prev * (window_ms - into) / window_ms;
+        uint64_t est = weighted + cur;
+        if (est >= count)
+            return count_verdict(v, false, 0, div_up(window_ms - into, 1000));
+        raise_expires(e, ((uint64_t)w + 2) * window_ms);
+        if (!atomic_compare_exchange_weak(&e->state, &s, s + 1))
+            continue;
+        return count_verdict(v, true, count - est - 1, div_up(window_ms - into, 1000));
     }
 }
 
@@ -475,27 +478,23 @@ int shm_limits_req(struct shm_limits *l, uint64_t key, double rate, double burst
     if (now == 0)
         now = 1; /* 0 means "never" in the state */
     for (;;) {
-        int idx = slot_of(l, key, now);
+        struct entry *e;
+        uint64_t s;
+        int idx = entry_of(l, key, now, &e, &s);
         if (idx < 0)
             return idx;
-        struct entry *e = &l->e[idx];
-        for (;;) {
-            uint64_t s;
-            if (load_state(e, key, &s))
-                break;
-            uint64_t serve = s == 0 || s + period <= now ? now : s + period;
-            uint64_t delay = serve - now;
-            if (delay > limit) {
-                v->admitted = false;
-                return 0;
-            }
-            raise_expires(e, (serve + period) / NS_PER_MS + 1);
-            if (!atomic_compare_exchange_weak(&e->state, &s, serve))
-                continue;
-            v->admitted = true;
-            v->delay_ns = delay;
+        uint64_t serve = s == 0 || s + period <= now ? now : s + period;
+        uint64_t delay = serve - now;
+        if (delay > limit) {
+            v->admitted = false;
             return 0;
         }
+        raise_expires(e, (serve + period) / NS_PER_MS + 1);
+        if (!atomic_compare_exchange_weak(&e->state, &s, serve))
+            continue;
+        v->admitted = true;
+        v->delay_ns = delay;
+        return 0;
     }
 }
 
@@ -517,33 +516,29 @@ int shm_limits_conn_acquire(struct shm_limits *l, uint64_t key, int worker, uint
     if (max > 0xfffffffeu)
         max = 0xfffffffeu;
     for (;;) {
-        int idx = slot_of(l, key, now);
+        struct entry *e;
+        uint64_t s;
+        int idx = entry_of(l, key, now, &e, &s);
         if (idx < 0)
             return idx;
-        struct entry *e = &l->e[idx];
-        for (;;) {
-            uint64_t s;
-            if (load_state(e, key, &s))
-                break;
-            uint32_t n = (uint32_t)s;
-            if (n + 1ull > max) {
-                *held = n;
-                return 0;
-            }
-            /* Not reusable while it holds any: say so before the count
-             * shows it, so a reuser that sees n == 0 is stopped by the CAS. */
-            set_expires(e, UINT64_MAX);
-            if (!atomic_compare_exchange_weak(&e->state, &s, s + 1))
-                continue;
-            _Atomic uint32_t *h = held_of(l, worker, (uint32_t)idx);
-            if (h)
-                atomic_fetch_add_explicit(h, 1, memory_order_relaxed);
-            *admitted = true;
-            *held = n + 1ull;
-            hold->slot = (uint32_t)idx;
-            hold->gen = (uint32_t)(s >> 32);
+        uint32_t n = (uint32_t)s;
+        if (n + 1ull > max) {
+            *held = n;
             return 0;
         }
+        /* Not reusable while it holds any: say so before the count
+         * shows it, so a reuser that sees n == 0 is stopped by the CAS. */
+        set_expires(e, UINT64_MAX);
+        if (!atomic_compare_exchange_weak(&e->state, &s, s + 1))
+            continue;
+        _Atomic uint32_t *h = held_of(l, worker, (uint32_t)idx);
+        if (h)
+            atomic_fetch_add_explicit(h, 1, memory_order_relaxed);
+        *admitted = true;
+        *held = n + 1ull;
+        hold->slot = (uint32_t)idx;
+        hold->gen = (uint32_t)(s >> 32);
+        return 0;
     }
 }
 

@@ -17,6 +17,33 @@ static uint64_t ckey(const char *k)
     return shm_limits_key(SHM_LIMITS_COUNT, "route/1", "limit-count", k, strlen(k));
 }
 
+/* The count key of owner "r", plugin "p" and key PREFIX<i>. */
+static uint64_t rkey(const char *prefix, unsigned i)
+{
+    char buf[32];
+    int n = snprintf(buf, sizeof(buf), "%s%u", prefix, i);
+    return shm_limits_key(SHM_LIMITS_COUNT, "r", "p", buf, (size_t)n);
+}
+
+/* Counters shared with fork()ed children; NULL when none. */
+static _Atomic uint64_t *shared_counters(size_t bytes)
+{
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+/* Waits for the n children; how many did not exit 0. */
+static int wait_children(const pid_t *pids, int n)
+{
+    int bad = 0;
+    for (int i = 0; i < n; i++) {
+        int st;
+        waitpid(pids[i], &st, 0);
+        bad += !(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    }
+    return bad;
+}
+
 static void test_key_hash(void)
 {
     uint64_t a = shm_limits_key(SHM_LIMITS_COUNT, "route/1", "limit-count", "1.2.3.4", 7);
@@ -187,9 +214,8 @@ static void test_processes_share_count(void)
     enum { N = 6, TRIES = 3000, COUNT = 5000 };
     struct shm_limits *l = shm_limits_create(N);
     REQUIRE(l);
-    _Atomic uint64_t *tally =
-        mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    REQUIRE(tally != MAP_FAILED);
+    _Atomic uint64_t *tally = shared_counters(4096);
+    REQUIRE(tally);
     uint64_t kf = ckey("shared"), ks = shm_limits_key(SHM_LIMITS_SLIDING, "r", "p", "s", 1);
     uint64_t kc = shm_limits_key(SHM_LIMITS_CONN, "r", "p", "c", 1);
     pid_t pids[N];
@@ -222,11 +248,7 @@ static void test_processes_share_count(void)
             _exit(0);
         }
     }
-    for (int i = 0; i < N; i++) {
-        int st;
-        waitpid(pids[i], &st, 0);
-        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-    }
+    CHECK(wait_children(pids, N) == 0);
     CHECK(atomic_load(&tally[0]) == COUNT);
     /* Sliding windows are aligned: a test started near a boundary of a
      * 10-minute window may see the previous (empty) one; still exact. */
@@ -246,9 +268,8 @@ static void test_processes_windows(void)
     enum { N = 4, COUNT = 50, WINDOWS = 40 };
     struct shm_limits *l = shm_limits_create(N);
     REQUIRE(l);
-    _Atomic uint64_t *per =
-        mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    REQUIRE(per != MAP_FAILED);
+    _Atomic uint64_t *per = shared_counters(8192);
+    REQUIRE(per);
     _Atomic uint64_t *sper = per + 256, *arrived = per + 512;
     uint64_t k = ckey("w"), ks = shm_limits_key(SHM_LIMITS_SLIDING, "r", "p", "w", 1);
     pid_t pids[N];
@@ -272,8 +293,7 @@ static void test_processes_windows(void)
             _exit(0);
         }
     }
-    for (int i = 0; i < N; i++)
-        waitpid(pids[i], NULL, 0);
+    CHECK(wait_children(pids, N) == 0);
     uint64_t exact = 0, over = 0;
     for (int w = 0; w < WINDOWS; w++) {
         exact += atomic_load(&per[w]) == COUNT;
@@ -294,11 +314,8 @@ static void test_table_full_and_reuse(void)
     uint64_t t = 10 * SEC;
     int rc = 0;
     unsigned i, ok = 0;
-    char buf[32];
     for (i = 0; i < 2 * SHM_LIMITS_SLOTS; i++) {
-        int n = snprintf(buf, sizeof(buf), "k%u", i);
-        rc = shm_limits_count(l, shm_limits_key(SHM_LIMITS_COUNT, "r", "p", buf, (size_t)n), 5,
-                              1000, t, &v);
+        rc = shm_limits_count(l, rkey("k", i), 5, 1000, t, &v);
         if (rc < 0)
             break;
         ok++;
@@ -308,17 +325,12 @@ static void test_table_full_and_reuse(void)
     CHECK(ok <= SHM_LIMITS_SLOTS);
     CHECK(shm_limits_full_count(l) >= 1);
     /* The keys already in still count. */
-    int n = snprintf(buf, sizeof(buf), "k%u", 0u);
-    REQUIRE(shm_limits_count(l, shm_limits_key(SHM_LIMITS_COUNT, "r", "p", buf, (size_t)n), 5, 1000,
-                             t, &v) == 0);
+    REQUIRE(shm_limits_count(l, rkey("k", 0), 5, 1000, t, &v) == 0);
     CHECK(v.admitted && v.remaining == 3);
     /* After the windows end (plus the grace) new keys take their slots. */
     unsigned later = 0;
     for (unsigned j = 0; j < 1000; j++) {
-        n = snprintf(buf, sizeof(buf), "new%u", j);
-        if (shm_limits_count(l, shm_limits_key(SHM_LIMITS_COUNT, "r", "p", buf, (size_t)n), 5, 1000,
-                             t + 3 * SEC, &v) == 0 &&
-            v.admitted)
+        if (shm_limits_count(l, rkey("new", j), 5, 1000, t + 3 * SEC, &v) == 0 && v.admitted)
             later++;
     }
     CHECK(later == 1000);
