@@ -14,7 +14,9 @@
  *    handle, kept alive between calls). Every call is bounded by the timeout;
  *    between store_request_begin/end all calls together are (one admin
  *    request's store work). A call that cannot reach an endpoint tries the
- *    next one in the list within the same budget.
+ *    next one in the list within the same budget; each endpoint gets a share
+ *    of what is left (at least ATTEMPT_MIN_MS), so one that takes the
+ *    connection and then hangs leaves time for the others.
  *  - the watch thread runs the streaming /v3/watch on the whole prefix with a
  *    curl multi handle (so store_stop can wake it at once), parses its
  *    newline-separated JSON messages and queues the events; a uv_async hands
@@ -30,7 +32,8 @@
  * changes; changes_since(r) works for floor <= r <= applied, where floor is
  * the highest revision evicted (or the revision the store started or last
  * reloaded at). A broken watch reconnects from the last queued revision + 1,
- * with backoff (100 ms doubling to 2 s), trying the next endpoint. When etcd
+ * with backoff (100 ms doubling to 2 s), trying the next endpoint; so does a
+ * watch whose member went silent (liveness checks, see watch_once). When etcd
  * says that revision was compacted (or etcd's revision went backwards, a new
  * cluster), the watch thread reads etcd's current revision R and queues a
  * RESYNC: the loop empties the ring, sets applied = floor = R and calls
@@ -71,7 +74,10 @@
 #define LIST_PAGE 1000            /* keys per range request when listing */
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
-#define MAX_TTL 9000000000LL /* etcd's MaxLeaseTTL */
+#define ATTEMPT_MIN_MS 500 /* least time one endpoint gets within a call */
+#define PROBE_EVERY_MIN_MS 500
+#define PROBE_EVERY_MAX_MS 5000 /* a quiet watch is checked at least this often */
+#define MAX_TTL 9000000000LL    /* etcd's MaxLeaseTTL */
 
 /* An event from the watch thread to the loop. */
 enum wev_type { WEV_CHANGE, WEV_RESYNC };
@@ -138,6 +144,7 @@ struct etcd_store {
     bool w_down;       /* a failure was logged; log the recovery */
     int w_backoff;     /* ms before the next attempt */
     char w_err[512];   /* why the current watch ended */
+    uint64_t w_rx_ms;  /* when the current watch last sent something */
 
     /* shared, under mu */
     pthread_mutex_t mu;        /* guards the fields below */
@@ -145,6 +152,8 @@ struct etcd_store {
     pthread_cond_t cv;         /* signalled when q_rev or live changes */
     int64_t q_rev;             /* every change up to here has been queued */
     bool live;                 /* a watch is established */
+    int64_t expect_rev;        /* our latest write the watch has to bring */
+    uint64_t expect_ms;        /* when it became due (0: nothing due) */
     bool stop;                 /* the watch thread must end */
     char *token;               /* auth token, or NULL */
 };
@@ -452,10 +461,8 @@ static enum call_result post_once(struct conn *c, size_t ep, const char *path, c
     curl_easy_setopt(c->h, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(c->h, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(c->h, CURLOPT_WRITEDATA, c);
-    curl_easy_setopt(c->h, CURLOPT_TIMEOUT_MS, (long)budget_ms);
-    /* Leave time for the next endpoint when this one does not answer. */
-    uint64_t ct = e->neps > 1 ? budget_ms / 2 : budget_ms;
-    curl_easy_setopt(c->h, CURLOPT_CONNECTTIMEOUT_MS, (long)(ct ? ct : 1));
+    curl_easy_setopt(c->h, CURLOPT_TIMEOUT_MS, (long)(budget_ms ? budget_ms : 1));
+    curl_easy_setopt(c->h, CURLOPT_CONNECTTIMEOUT_MS, (long)(budget_ms ? budget_ms : 1));
     if (c->watch_thread) {
         curl_easy_setopt(c->h, CURLOPT_NOPROGRESS, 0L);
         curl_easy_setopt(c->h, CURLOPT_XFERINFOFUNCTION, on_progress);
@@ -585,11 +592,18 @@ again:;
                                        tl ? "; " : "", e->eps[ep], (double)budget_ms / 1000.0);
             continue;
         }
+        /* This endpoint's share of what is left, so that a member that
+         * takes the connection and then answers nothing (a frozen process,
+         * a black hole) leaves time for the ones after it. */
+        uint64_t share = (deadline - now) / (e->neps - i);
+        if (share < ATTEMPT_MIN_MS)
+            share = deadline - now < ATTEMPT_MIN_MS ? deadline - now : ATTEMPT_MIN_MS;
+        uint64_t adeadline = now + share;
         char why[512];
         int code = 0;
         enum call_result r;
         if (e->user && !have_token(e)) {
-            int arc = authenticate(c, ep, deadline - now, why, sizeof(why));
+            int arc = authenticate(c, ep, share, why, sizeof(why));
             if (arc == -EAGAIN)
                 r = CALL_TRANSPORT;
             else if (arc == -EBUSY)
@@ -598,11 +612,13 @@ again:;
                 snprintf(err, errlen, "%.440s", why);
                 rc = -EACCES;
                 goto out;
-            } else
-                r = post_once(c, ep, path, body, deadline - now_ms(), true, out, why, sizeof(why),
-                              &code);
+            } else {
+                uint64_t t = now_ms();
+                r = post_once(c, ep, path, body, adeadline > t ? adeadline - t : 1, true, out, why,
+                              sizeof(why), &code);
+            }
         } else {
-            r = post_once(c, ep, path, body, deadline - now, true, out, why, sizeof(why), &code);
+            r = post_once(c, ep, path, body, share, true, out, why, sizeof(why), &code);
         }
         if (r == CALL_AUTH && e->user && !reauthed) {
             reauthed = true;
@@ -1135,6 +1151,18 @@ static void wait_delivered(struct etcd_store *e, int64_t rev)
         ts.tv_nsec -= 1000000000L;
     }
     pthread_mutex_lock(&e->mu);
+    /* Tell the watch thread what it owes us: a watch that does not bring
+     * our own write in time is on a member that stopped answering, and it
+     * moves on (see watch_once). */
+    if (e->q_rev < rev) {
+        if (e->expect_rev <= e->q_rev || !e->expect_ms)
+            e->expect_ms = now_ms();
+        if (rev > e->expect_rev)
+            e->expect_rev = rev;
+    }
+    pthread_mutex_unlock(&e->mu);
+    curl_multi_wakeup(e->multi);
+    pthread_mutex_lock(&e->mu);
     while (e->q_rev < rev && e->live && !e->stop)
         if (pthread_cond_timedwait(&e->cv, &e->mu, &ts) == ETIMEDOUT)
             break;
@@ -1156,6 +1184,8 @@ static void post(struct etcd_store *e, struct wev *head, struct wev *tail)
     e->qtail = tail;
     if (tail->rev > e->q_rev || tail->type == WEV_RESYNC) /* a new cluster may be behind */
         e->q_rev = tail->rev;
+    if (tail->type == WEV_RESYNC)
+        e->expect_rev = 0; /* nothing older is owed by a reloaded watch */
     pthread_cond_broadcast(&e->cv);
     pthread_mutex_unlock(&e->mu);
     uv_async_send(&e->async);
@@ -1313,6 +1343,7 @@ static size_t on_watch_data(char *p, size_t sz, size_t n, void *ud)
 {
     struct etcd_store *e = ud;
     size_t len = sz * n;
+    e->w_rx_ms = now_ms();
     if (e->wlen + len + 1 > e->wcap) {
         size_t cap = e->wcap ? e->wcap : 8192;
         while (cap < e->wlen + len + 1)
@@ -1341,7 +1372,45 @@ static size_t on_watch_data(char *p, size_t sz, size_t n, void *ud)
     return len;
 }
 
-/* Runs one watch on endpoint ep until it breaks or the store stops. */
+static size_t discard(char *p, size_t sz, size_t n, void *ud)
+{
+    (void)p, (void)ud;
+    return sz * n;
+}
+
+/* Starts a liveness check of endpoint ep on the multi handle: a
+ * linearizable read of one key (so the member must be running and in touch
+ * with its leader to answer). */
+static void probe_start(struct etcd_store *e, CURL *p, size_t ep, struct curl_slist **hd,
+                        const char *body)
+{
+    char url[1024];
+    snprintf(url, sizeof(url), "%s/v3/kv/range", e->eps[ep]);
+    curl_easy_reset(p);
+    setup_handle(e, p, url);
+    curl_slist_free_all(*hd);
+    *hd = make_headers(e, true);
+    curl_easy_setopt(p, CURLOPT_HTTPHEADER, *hd);
+    curl_easy_setopt(p, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(p, CURLOPT_WRITEFUNCTION, discard);
+    curl_easy_setopt(p, CURLOPT_TIMEOUT_MS, (long)e->timeout_ms);
+    curl_easy_setopt(p, CURLOPT_CONNECTTIMEOUT_MS, (long)e->timeout_ms);
+    curl_multi_add_handle(e->multi, p);
+}
+
+/* Runs one watch on endpoint ep until it breaks or the store stops.
+ *
+ * A member can stop answering without closing its connections (a frozen
+ * process or VM, a black-holed network): the watch then just stays quiet.
+ * So the watch also ends, and the caller moves to the next endpoint, when
+ *  - etcd does not acknowledge it within the timeout;
+ *  - a liveness check fails: after every quiet spell of `every` ms (the
+ *    timeout, from 0.5 to 5 s) a one-key read goes to the same endpoint, on
+ *    the same multi handle, and must be answered (any status below 500)
+ *    within the timeout;
+ *  - a write of our own (expect_rev, from wait_delivered) has not come
+ *    through within the timeout of being made.
+ * Resuming from w_next loses nothing, so a false alarm costs a reconnect. */
 static void watch_once(struct etcd_store *e, size_t ep)
 {
     char *pfx = to_etcd(e, "", true);
@@ -1349,25 +1418,28 @@ static void watch_once(struct etcd_store *e, size_t ep)
     json_t *req =
         json_pack("{s:{s:o, s:s, s:o}}", "create_request", "key", jb64_new(pfx ? pfx : "/"),
                   "range_end", end ? end : "AA==", "start_revision", jstr_i64(e->w_next));
+    json_t *preq = json_pack("{s:o}", "key", jb64_new(pfx ? pfx : "/"));
     free(pfx);
     free(end);
     char *body = json_dumps(req, JSON_COMPACT);
+    char *pbody = json_dumps(preq, JSON_COMPACT);
     json_decref(req);
-    if (!body) {
-        snprintf(e->w_err, sizeof(e->w_err), "out of memory");
-        e->w_state = WS_ERROR;
-        return;
-    }
+    json_decref(preq);
     char url[1024];
     snprintf(url, sizeof(url), "%s/v3/watch", e->eps[ep]);
-    CURL *h = curl_easy_init();
-    if (!h) {
-        free(body);
+    CURL *h = body && pbody ? curl_easy_init() : NULL;
+    CURL *p = h ? curl_easy_init() : NULL;
+    if (!p) {
+        snprintf(e->w_err, sizeof(e->w_err), "out of memory");
         e->w_state = WS_ERROR;
+        if (h)
+            curl_easy_cleanup(h);
+        free(body);
+        free(pbody);
         return;
     }
     setup_handle(e, h, url);
-    struct curl_slist *hd = make_headers(e, true);
+    struct curl_slist *hd = make_headers(e, true), *phd = NULL;
     /* etcd's "require leader" (gRPC metadata through the gateway): a member
      * cut off from its cluster cancels the watch instead of going quiet, and
      * we move on to another endpoint. */
@@ -1381,9 +1453,22 @@ static void watch_once(struct etcd_store *e, size_t ep)
     e->w_state = WS_OK;
     e->w_created = false;
     e->w_err[0] = '\0';
+    uint64_t t0 = now_ms(), to = e->timeout_ms;
+    uint64_t every = to < PROBE_EVERY_MIN_MS   ? PROBE_EVERY_MIN_MS
+                     : to > PROBE_EVERY_MAX_MS ? PROBE_EVERY_MAX_MS
+                                               : to;
+    uint64_t heard = t0;    /* the endpoint last showed it is alive */
+    uint64_t probe_t = 0;   /* when the check in flight started (0: none) */
+    uint64_t created_t = 0; /* when etcd acknowledged the watch */
+    e->w_rx_ms = t0;
+    pthread_mutex_lock(&e->mu);
+    if (e->expect_ms)
+        e->expect_ms = t0; /* what is owed is owed by this watch from now */
+    pthread_mutex_unlock(&e->mu);
     curl_multi_add_handle(e->multi, h);
-    int running = 1;
-    while (running && !stopping(e)) {
+    bool done = false;
+    while (!done && e->w_state == WS_OK && !stopping(e)) {
+        int running;
         curl_multi_perform(e->multi, &running);
         CURLMsg *m;
         int left;
@@ -1391,7 +1476,26 @@ static void watch_once(struct etcd_store *e, size_t ep)
             if (m->msg != CURLMSG_DONE)
                 continue;
             long status = 0;
-            curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+            curl_easy_getinfo(m->easy_handle, CURLINFO_RESPONSE_CODE, &status);
+            if (m->easy_handle == p) {
+                CURLcode res = m->data.result;
+                curl_multi_remove_handle(e->multi, p);
+                probe_t = 0;
+                if (res == CURLE_OK && status > 0 && status < 500) {
+                    heard = now_ms();
+                } else if (e->w_state == WS_OK) {
+                    e->w_state = WS_ERROR;
+                    if (res != CURLE_OK)
+                        snprintf(e->w_err, sizeof(e->w_err),
+                                 "%s: no answer to a liveness check (%s)", e->eps[ep],
+                                 curl_easy_strerror(res));
+                    else
+                        snprintf(e->w_err, sizeof(e->w_err),
+                                 "%s: a liveness check failed (HTTP %ld)", e->eps[ep], status);
+                }
+                continue;
+            }
+            done = true;
             if (e->w_state == WS_OK) {
                 e->w_state = WS_ERROR;
                 if (m->data.result != CURLE_OK)
@@ -1408,17 +1512,63 @@ static void watch_once(struct etcd_store *e, size_t ep)
                 }
             }
         }
-        if (running)
-            curl_multi_poll(e->multi, NULL, 0, 1000, NULL);
+        if (done || e->w_state != WS_OK)
+            break;
+        uint64_t now = now_ms();
+        if (e->w_created && !created_t)
+            created_t = now;
+        if (e->w_rx_ms > heard)
+            heard = e->w_rx_ms;
+        pthread_mutex_lock(&e->mu);
+        int64_t owed = e->expect_rev > e->q_rev ? e->expect_rev : 0;
+        uint64_t owed_since = e->expect_ms;
+        pthread_mutex_unlock(&e->mu);
+        uint64_t wake = now + 1000;
+        if (!e->w_created) {
+            if (now - t0 >= to) {
+                snprintf(e->w_err, sizeof(e->w_err),
+                         "%s: the watch was not acknowledged within %.1f s", e->eps[ep],
+                         (double)to / 1000.0);
+                e->w_state = WS_ERROR;
+                break;
+            }
+            if (t0 + to < wake)
+                wake = t0 + to;
+        } else if (owed) {
+            uint64_t since = owed_since > created_t ? owed_since : created_t;
+            if (now - since >= to) {
+                snprintf(e->w_err, sizeof(e->w_err),
+                         "%s: revision %" PRId64 ", written by this control plane, did not "
+                         "come through the watch within %.1f s",
+                         e->eps[ep], owed, (double)to / 1000.0);
+                e->w_state = WS_ERROR;
+                break;
+            }
+            if (since + to < wake)
+                wake = since + to;
+        }
+        if (!probe_t && now - heard >= every) {
+            probe_start(e, p, ep, &phd, pbody);
+            probe_t = now;
+            continue; /* let curl start it before polling */
+        }
+        if (!probe_t && heard + every < wake)
+            wake = heard + every;
+        curl_multi_poll(e->multi, NULL, 0, (int)(wake > now ? wake - now : 0), NULL);
     }
     pthread_mutex_lock(&e->mu);
     e->live = false;
     pthread_cond_broadcast(&e->cv);
     pthread_mutex_unlock(&e->mu);
+    if (probe_t)
+        curl_multi_remove_handle(e->multi, p);
     curl_multi_remove_handle(e->multi, h);
+    curl_easy_cleanup(p);
     curl_easy_cleanup(h);
     curl_slist_free_all(hd);
+    curl_slist_free_all(phd);
     free(body);
+    free(pbody);
 }
 
 /* After a failure: log it once per outage, wait, back off. */

@@ -535,6 +535,36 @@ def test_leader_loss_is_not_an_outage(ctx):
     lead.start()
 
 
+def test_hung_member_does_not_stall_changes(ctx):
+    # A member that stops answering without closing its connections (a frozen
+    # VM, a network black hole; here SIGSTOP) must not freeze the changes a
+    # control plane streams: its watch has to notice and move on.
+    cl = new_cluster(ctx, 3)
+    f1, f2, lead = followers_first(cl)
+    prefix = "/" + uid("hung")
+    a = cp_on(ctx, [f1.url, f2.url], prefix, timeout=2, name="cpA")
+    b = cp_on(ctx, [lead.url], prefix, name="cpB")
+    up = new_upstream(ctx, "hung")
+    dpa = new_dp(ctx, a, name="dpA", workers=1)
+    a.must("PUT", "routes/h0", route(up, "/h0"), status=201)
+    serving(dpa, "/h0")
+    f1.pause()
+    try:
+        # The hung member gets only a share of the request's timeout: the
+        # first request already moves on to the second member.
+        first = a.put("routes/h1", route(up, "/h1"))
+        if first.status != 201:
+            ok = wait_until(lambda: a.put("routes/h1", route(up, "/h1")).status in (200, 201),
+                            T(10), interval=0.1)
+            raise Fail("first PUT through A after its first etcd member hung: %r (%s later)" % (
+                first, "it worked" if ok else "still failing 10s"))
+        b.must("PUT", "routes/h2", route(up, "/h2"), status=201)
+        serving(dpa, "/h1", timeout=15)
+        serving(dpa, "/h2", timeout=15)
+    finally:
+        f1.resume()
+
+
 # ---------------------------------------------------------------------------
 # TLS and authentication
 

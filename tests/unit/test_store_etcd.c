@@ -18,8 +18,11 @@
 #include <ftw.h>
 #include <inttypes.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -691,6 +694,175 @@ static void test_endpoint_failover(void)
     store_close(s);
 }
 
+/* ---- a member that goes silent ------------------------------------------------- */
+
+/* A TCP relay to the test's etcd that can freeze: frozen, it accepts,
+ * reads and writes nothing, so its connections stay open and silent, which
+ * is what a client sees of a SIGSTOP'd member, a frozen VM or a black-holed
+ * network. A mock in the network, not in the store: the store is real. */
+struct relay {
+    int lfd;           /* listening socket */
+    int port;          /* its port */
+    int fds[64];       /* connected pairs: fds[2k] client, fds[2k+1] etcd */
+    int n;             /* fds in use */
+    pthread_t thread;  /* runs relay_main */
+    atomic_int frozen; /* set by the test */
+    atomic_int stop;   /* ends the thread */
+};
+
+static void relay_drop(struct relay *r, int k)
+{
+    close(r->fds[2 * k]);
+    close(r->fds[2 * k + 1]);
+    r->fds[2 * k] = r->fds[r->n - 2];
+    r->fds[2 * k + 1] = r->fds[r->n - 1];
+    r->n -= 2;
+}
+
+static void *relay_main(void *arg)
+{
+    struct relay *r = arg;
+    while (!r->stop) {
+        if (r->frozen) {
+            usleep(5 * 1000);
+            continue;
+        }
+        struct pollfd p[65];
+        p[0] = (struct pollfd){.fd = r->lfd, .events = POLLIN};
+        for (int i = 0; i < r->n; i++)
+            p[i + 1] = (struct pollfd){.fd = r->fds[i], .events = POLLIN};
+        if (poll(p, (nfds_t)r->n + 1, 20) <= 0 || r->frozen)
+            continue;
+        for (int i = r->n - 1; i >= 0; i--) {
+            if (!(p[i + 1].revents & (POLLIN | POLLHUP | POLLERR)))
+                continue;
+            char buf[16384];
+            ssize_t got = read(r->fds[i], buf, sizeof(buf));
+            int to = r->fds[i ^ 1];
+            if (got <= 0 || send(to, buf, (size_t)got, MSG_NOSIGNAL) != got) {
+                relay_drop(r, i / 2);
+                break; /* the poll set changed */
+            }
+        }
+        if ((p[0].revents & POLLIN) && r->n + 2 <= 64) {
+            int c = accept(r->lfd, NULL, NULL);
+            int u = socket(AF_INET, SOCK_STREAM, 0);
+            struct sockaddr_in a = {.sin_family = AF_INET,
+                                    .sin_port = htons((uint16_t)client_port),
+                                    .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+            if (c >= 0 && u >= 0 && connect(u, (struct sockaddr *)&a, sizeof(a)) == 0) {
+                r->fds[r->n++] = c;
+                r->fds[r->n++] = u;
+            } else {
+                if (c >= 0)
+                    close(c);
+                if (u >= 0)
+                    close(u);
+            }
+        }
+    }
+    return NULL;
+}
+
+static int relay_start(struct relay *r)
+{
+    memset(r, 0, sizeof(*r));
+    r->lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    if (r->lfd < 0 || bind(r->lfd, (struct sockaddr *)&a, sizeof(a)) < 0 ||
+        listen(r->lfd, 16) < 0 || getsockname(r->lfd, (struct sockaddr *)&a, &len) < 0)
+        return -errno;
+    r->port = ntohs(a.sin_port);
+    return -pthread_create(&r->thread, NULL, relay_main, r);
+}
+
+static void relay_stop(struct relay *r)
+{
+    r->stop = 1;
+    pthread_join(r->thread, NULL);
+    while (r->n)
+        relay_drop(r, 0);
+    close(r->lfd);
+}
+
+/* A store on [relay, etcd] with timeout 1 s, its watch started. */
+static store *open_silent(struct relay *r, const char *prefix, uv_loop_t *loop, struct seen *w)
+{
+    char eps[160];
+    snprintf(eps, sizeof(eps), "http://127.0.0.1:%d,%s", r->port, url);
+    uv_loop_init(loop);
+    store *s = open_at(eps, prefix, 100, 1.0);
+    if (!s)
+        return NULL;
+    store_set_watch(s, on_watch, w);
+    char err[256];
+    if (store_start(s, loop, err, sizeof(err)) != 0) {
+        store_close(s);
+        return NULL;
+    }
+    return s;
+}
+
+static void test_silent_member(void)
+{
+    /* The first endpoint stops answering but keeps its connections. Bounds
+     * below are generous (failing means "never", not "slow"). */
+    struct relay r;
+    REQUIRE(relay_start(&r) == 0);
+    uv_loop_t loop;
+    struct seen w = {0};
+    store *s = open_silent(&r, "/t-silent", &loop, &w);
+    REQUIRE(s);
+    REQUIRE(store_put(s, "/apisix/routes/1", "a", STORE_ANY, NULL) == 0);
+    run_until(&loop, &w.n, 1, 5000);
+    REQUIRE(w.n == 1); /* the watch is up, on the relay (the first endpoint) */
+
+    /* Our own write: the call moves to the second endpoint within its one
+     * timeout (each endpoint gets a share), and the watch, which does not
+     * bring that write back, moves too. */
+    r.frozen = 1;
+    store_request_begin(s);
+    int rc = store_put(s, "/apisix/routes/2", "b", STORE_ANY, NULL);
+    store_request_end(s);
+    CHECK(rc == 0);
+    if (rc)
+        fprintf(stderr, "  put with the first endpoint silent: %s\n", s->errmsg);
+    run_until(&loop, &w.n, 2, 10000);
+    CHECK(w.n == 2);
+    CHECK_STREQ(w.key[1], "/apisix/routes/2");
+    finish(s, &loop);
+
+    /* Only others write: the watch's liveness check finds the silent
+     * member and the watch moves on. */
+    r.frozen = 0;
+    memset(&w, 0, sizeof(w));
+    s = open_silent(&r, "/t-silent", &loop, &w);
+    REQUIRE(s);
+    REQUIRE(ctl(NULL, 0, "put", "/t-silent/routes/3", "c", NULL) == 0);
+    run_until(&loop, &w.n, 1, 5000);
+    REQUIRE(w.n == 1); /* up, on the relay */
+    r.frozen = 1;
+    REQUIRE(ctl(NULL, 0, "put", "/t-silent/routes/4", "d", NULL) == 0);
+    run_until(&loop, &w.n, 2, 10000);
+    CHECK(w.n == 2);
+    CHECK_STREQ(w.key[1], "/apisix/routes/4");
+    finish(s, &loop);
+
+    /* Opened and started while the first endpoint is silent: the revision
+     * is read from the second, and the watch, never acknowledged, moves. */
+    memset(&w, 0, sizeof(w));
+    s = open_silent(&r, "/t-silent", &loop, &w);
+    REQUIRE(s);
+    CHECK(store_revision(s) > 0);
+    REQUIRE(ctl(NULL, 0, "put", "/t-silent/routes/5", "e", NULL) == 0);
+    run_until(&loop, &w.n, 1, 10000);
+    CHECK(w.n == 1);
+    CHECK_STREQ(w.key[0], "/apisix/routes/5");
+    finish(s, &loop);
+    relay_stop(&r);
+}
+
 static void test_bad_settings(void)
 {
     store *s = NULL;
@@ -1015,6 +1187,7 @@ int main(void)
         RUN(test_compaction_resyncs);
         RUN(test_lease_expiry);
         RUN(test_endpoint_failover);
+        RUN(test_silent_member);
         RUN(test_etcd_down_and_back);
         RUN(test_unreachable_at_open_then_recovers);
         RUN(test_authentication);
