@@ -34,8 +34,9 @@ import sys
 import threading
 import time
 
-from harness import (AUTO, SANITIZER_MARKS, Fail, Settings, T, _short, _track, _untrack, curl,
-                     free_port, new_tmpdir, to_yaml, wait_until)
+from harness import (AUTO, Fail, Settings, T, _short, _track, _untrack, check_no_sanitizer_report,
+                     close_files, curl, end_process, free_port, kill_process, new_tmpdir, read_text,
+                     to_yaml, wait_until)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -164,26 +165,11 @@ class Upstream:
         self.stop_checked = True
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        _untrack(self.proc)
-        for f in (self.proc.stdout, self.err_f):
-            try:
-                f.close()
-            except OSError:
-                pass
+        end_process(self.proc, 5)
+        close_files(self.proc.stdout, self.err_f)
 
     def tail(self, n=10):
-        try:
-            with open(self.stderr_path, "rb") as f:
-                return f.read().decode("utf-8", "replace").splitlines()[-n:]
-        except OSError:
-            return []
+        return read_text(self.stderr_path).splitlines()[-n:]
 
 
 class FullBacklog:
@@ -229,15 +215,15 @@ class FullBacklog:
         self.sock.close()
 
 
-class Silent:
-    """Accepts connections and reads, never answers (read timeouts)."""
+class AcceptLoop:
+    """A socket listening on 127.0.0.1 (a free port) and a thread handing
+    each connection it accepts to self.accepted(conn); close() stops it."""
 
-    def __init__(self):
+    def __init__(self, backlog=64):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
+        self.sock.listen(backlog)
         self.port = self.sock.getsockname()[1]
-        self.conns = []
         self.stopped = False
         self.t = threading.Thread(target=self._run, daemon=True)
         self.t.start()
@@ -252,7 +238,10 @@ class Silent:
                 c, _ = self.sock.accept()
             except OSError:
                 return
-            self.conns.append(c)
+            self.accepted(c)
+
+    def accepted(self, conn):
+        raise NotImplementedError
 
     def close(self):
         self.stopped = True
@@ -261,6 +250,20 @@ class Silent:
         except OSError:
             pass
         self.sock.close()
+
+
+class Silent(AcceptLoop):
+    """Accepts connections and reads, never answers (read timeouts)."""
+
+    def __init__(self):
+        self.conns = []
+        super().__init__(backlog=64)
+
+    def accepted(self, conn):
+        self.conns.append(conn)
+
+    def close(self):
+        super().close()
         for c in self.conns:
             c.close()
 
@@ -396,18 +399,10 @@ class DataPlane:
         return self.proc is not None and self.proc.poll() is None
 
     def stderr(self):
-        try:
-            with open(self.stderr_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except (OSError, TypeError):
-            return ""
+        return read_text(self.stderr_path)
 
     def stdout(self):
-        try:
-            with open(self.stdout_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except (OSError, TypeError):
-            return ""
+        return read_text(self.stdout_path)
 
     def tail(self, n=30):
         out = self.stderr().splitlines()[-n:]
@@ -487,11 +482,7 @@ class DataPlane:
         return out
 
     def _close_files(self):
-        for f in (getattr(self, "err_f", None), getattr(self, "out_f", None)):
-            try:
-                f and f.close()
-            except OSError:
-                pass
+        close_files(getattr(self, "err_f", None), getattr(self, "out_f", None))
 
     def _reap_orphans(self, pids):
         left = [p for p in pids if pid_alive(p)]
@@ -540,11 +531,7 @@ class DataPlane:
         if rc != 0:
             raise Fail("%s exited %s on %s (expected 0); log tail: %s" % (
                 self.name, rc, signal.Signals(sig).name, _short("\n".join(self.tail(8)), 1500)))
-        for mark in SANITIZER_MARKS:
-            if mark in err:
-                i = err.index(mark)
-                raise Fail("%s stderr has a sanitizer report (%r): %s" % (
-                    self.name, mark, _short(err[max(0, i - 300):], 2500)))
+        check_no_sanitizer_report(self.name, err, before=300, size=2500)
         if left:
             raise Fail("%s: worker(s) %s still running after the master exited" % (
                 self.name, left))
@@ -556,11 +543,7 @@ class DataPlane:
     def kill9(self):
         """kill -9 of the master (and of its workers, by pid)."""
         kids = self.children()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc is not None:
-            _untrack(self.proc)
+        kill_process(self.proc)
         self._reap_orphans(kids)
         self._close_files()
         self.stop_checked = True

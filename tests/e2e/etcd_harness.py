@@ -32,7 +32,8 @@ import threading
 import urllib.error
 import urllib.request
 
-from harness import Fail, Settings, T, _short, _track, _untrack, free_port, new_tmpdir, wait_until
+from harness import (Fail, Settings, T, _short, _track, _untrack, close_files, free_port,
+                     kill_process, new_tmpdir, read_text, wait_until)
 
 ETCD_BIN = os.environ.get("AIRGW_ETCD", "/usr/bin/etcd")
 ETCDCTL_BIN = os.environ.get("AIRGW_ETCDCTL", "/usr/bin/etcdctl")
@@ -304,10 +305,7 @@ class Etcd:
 
     def _close(self):
         _untrack(self.proc)
-        try:
-            self.err_f.close()
-        except OSError:
-            pass
+        close_files(self.err_f)
 
     def stop(self, timeout=None):
         """SIGTERM; Fail unless it exits 0 within timeout."""
@@ -335,9 +333,7 @@ class Etcd:
         return rc
 
     def kill9(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        kill_process(self.proc)
         if self.proc is not None:
             self._close()
         self.stop_checked = True
@@ -355,11 +351,7 @@ class Etcd:
         return self.start(wait=wait)
 
     def stderr(self):
-        try:
-            with open(self.stderr_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except (OSError, TypeError):
-            return ""
+        return read_text(self.stderr_path)
 
     def tail(self, n=10):
         return self.stderr().splitlines()[-n:]

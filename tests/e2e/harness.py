@@ -12,13 +12,17 @@ run in the order they are defined. `ctx` (a Ctx) gives:
                           required, no sanitizer report) at the end of the test
   ctx.shared(name, **o)   one control plane per module and name, stopped (and
                           checked) when the module's tests are done
+  ctx.use_shared(*procs)  marks processes a module keeps in ctx.mod.shared as
+                          used by the test (Fail when one is not running)
   ctx.watch(daemon, ...)  an airgw-cfgwatch subscriber, stopped at test end
   ctx.tmpdir()            a scratch directory, removed at the end of the run
   ctx.run(argv, ...)      runs a short-lived command (e.g. the daemon with
                           --help) and returns (rc, stdout, stderr)
 
 Daemon options: see Daemon.__init__. Assertion helpers: check, eq,
-expect_status, expect_error, expect_json.
+expect_status, expect_error, expect_json. Process helpers (also for
+dp_harness, etcd_harness, mqtt_harness): end_process, kill_process,
+run_to_end, close_files, read_text, check_no_sanitizer_report.
 """
 
 import json
@@ -103,6 +107,58 @@ def _untrack(p):
         _live_procs.discard(p)
 
 
+def end_process(p, timeout, sig=signal.SIGTERM):
+    """Sends sig to p if it still runs and waits up to timeout seconds for
+    it, then SIGKILL (and waits). Untracks it; returns its exit status."""
+    if p.poll() is None:
+        p.send_signal(sig)
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    _untrack(p)
+    return p.returncode
+
+
+def kill_process(p):
+    """kill -9 of p (None: nothing) if it still runs; untracks it."""
+    if p is None:
+        return
+    if p.poll() is None:
+        p.kill()
+        p.wait()
+    _untrack(p)
+
+
+def run_to_end(argv, timeout, stderr=subprocess.PIPE, **popen):
+    """Runs argv (stdin /dev/null, stdout to a pipe) until it exits, killed
+    when it runs longer than timeout seconds: (exit status, stdout bytes,
+    stderr bytes or None, whether it was killed for the timeout)."""
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
+                         **popen)
+    _track(p)
+    late = False
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        late = True
+    _untrack(p)
+    return p.returncode, out, err, late
+
+
+def close_files(*files):
+    """Closes each of files that is not None; never raises."""
+    for f in files:
+        try:
+            if f is not None:
+                f.close()
+        except OSError:
+            pass
+
+
 def kill_leftovers():
     with _live_lock:
         procs = list(_live_procs)
@@ -137,11 +193,12 @@ def cleanup_tmp():
 
 
 def read_text(path):
-    """A log file as text ("" when it cannot be read)."""
+    """A log file as text ("" when it cannot be read, or path is None: not
+    started yet)."""
     try:
         with open(path, "rb") as f:
             return f.read().decode("utf-8", "replace")
-    except OSError:
+    except (OSError, TypeError):
         return ""
 
 
@@ -352,6 +409,16 @@ ADMIN_RE = re.compile(r"admin API listening on 127\.0\.0\.1:(\d+)")
 STREAM_RE = re.compile(r"config stream listening on 127\.0\.0\.1:(\d+)")
 SANITIZER_MARKS = ("Sanitizer", "runtime error")
 
+
+def check_no_sanitizer_report(name, err, before=200, size=1500):
+    """Fail when stderr text err of process name has a sanitizer report
+    (quoting it from `before` characters ahead of the mark, at most size)."""
+    for mark in SANITIZER_MARKS:
+        if mark in err:
+            i = err.index(mark)
+            raise Fail("%s stderr has a sanitizer report (%r): %s" % (
+                name, mark, _short(err[max(0, i - before):], size)))
+
 AUTO = object()
 
 
@@ -453,21 +520,11 @@ class Daemon:
         return self
 
     def stderr(self):
-        try:
-            with open(self.stderr_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except (OSError, TypeError):
-            return ""
+        return read_text(self.stderr_path)
 
     def all_stderr(self):
-        out = []
-        for i in range(1, self.starts + 1):
-            try:
-                with open(os.path.join(self.dir, "stderr.%d.log" % i), "rb") as f:
-                    out.append(f.read().decode("utf-8", "replace"))
-            except OSError:
-                pass
-        return "".join(out)
+        return "".join(read_text(os.path.join(self.dir, "stderr.%d.log" % i))
+                       for i in range(1, self.starts + 1))
 
     def _wait_ready(self):
         deadline = time.monotonic() + T(10)
@@ -504,11 +561,7 @@ class Daemon:
         return self.proc is not None and self.proc.poll() is None
 
     def _close_files(self):
-        for f in (getattr(self, "err_f", None), getattr(self, "out_f", None)):
-            try:
-                f and f.close()
-            except OSError:
-                pass
+        close_files(getattr(self, "err_f", None), getattr(self, "out_f", None))
 
     def stop(self, sig=signal.SIGTERM, timeout=None):
         """Stops with sig and checks: exit 0 within timeout, no sanitizer
@@ -541,19 +594,11 @@ class Daemon:
         if rc != 0:
             raise Fail("%s exited %s on %s (expected 0)" % (self.name, rc,
                                                             signal.Signals(sig).name))
-        for mark in SANITIZER_MARKS:
-            if mark in err:
-                i = err.index(mark)
-                raise Fail("%s stderr has a sanitizer report (%r): %s" % (
-                    self.name, mark, _short(err[max(0, i - 200):], 1500)))
+        check_no_sanitizer_report(self.name, err)
         return rc
 
     def kill9(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc is not None:
-            _untrack(self.proc)
+        kill_process(self.proc)
         self._close_files()
         self.stop_checked = True
 
@@ -779,18 +824,8 @@ class Watcher:
     def stop(self):
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=T(3))
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        _untrack(self.proc)
-        try:
-            self.err_f.close()
-        except OSError:
-            pass
+        end_process(self.proc, T(3))
+        close_files(self.err_f)
         self.thread.join(timeout=2)
 
 
@@ -851,18 +886,10 @@ class Ctx:
         return new_tmpdir("scratch")
 
     def run(self, argv, timeout=10, cwd=None, env=None):
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, cwd=cwd or self.tmpdir(), env=env)
-        _track(p)
-        try:
-            out, err = p.communicate(timeout=T(timeout))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            out, err = p.communicate()
-            _untrack(p)
+        rc, out, err, late = run_to_end(argv, T(timeout), cwd=cwd or self.tmpdir(), env=env)
+        if late:
             raise Fail("%s did not exit within %.0fs" % (" ".join(argv[:3]), T(timeout)))
-        _untrack(p)
-        return p.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+        return rc, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
 
     def finish(self):
         """Stops what the test started; returns a list of failure strings."""

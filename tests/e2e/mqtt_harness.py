@@ -33,15 +33,15 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import struct
 import subprocess
 import threading
 import time
 
-from harness import read_text, Fail, T, _short, _track, _untrack, free_port, new_tmpdir, wait_until
-from dp_harness import DataPlane
+from harness import (read_text, Fail, T, _short, _track, close_files, end_process,
+                     free_port, new_tmpdir, run_to_end, wait_until)
+from dp_harness import AcceptLoop, DataPlane
 
 # ---------------------------------------------------------------------------
 # the broker
@@ -118,19 +118,9 @@ class Broker:
         self.stop_checked = True
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        _untrack(self.proc)
-        try:
-            self.err_f.close()
-        except OSError:
-            pass
-        return self.proc.returncode
+        rc = end_process(self.proc, 5)
+        close_files(self.err_f)
+        return rc
 
     def log(self):
         return read_text(self.log_path)
@@ -276,19 +266,11 @@ def pub(port, topic, message=None, level=4, cid=None, retain=False, qos=0, file=
     if bind:
         argv += ["-A", bind]
     argv += extra or []
-    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT)
-    _track(p)
-    try:
-        out, _ = p.communicate(timeout=T(timeout))
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, _ = p.communicate()
-        _untrack(p)
+    rc, out, _, late = run_to_end(argv, T(timeout), stderr=subprocess.STDOUT)
+    if late:
         return -999, "mosquitto_pub did not exit within %.0fs: %s" % (
             T(timeout), out.decode("utf-8", "replace"))
-    _untrack(p)
-    return p.returncode, out.decode("utf-8", "replace")
+    return rc, out.decode("utf-8", "replace")
 
 
 def must_pub(port, topic, message, **kw):
@@ -385,19 +367,9 @@ class Sub:
         return self.proc.poll() is None
 
     def close(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        _untrack(self.proc)
+        end_process(self.proc, 3)
         self.t.join(timeout=2)
-        try:
-            self.err_f.close()
-        except OSError:
-            pass
+        close_files(self.err_f)
 
 
 def wait_subscribed(brokers, cid, timeout=5, since=None):
@@ -803,31 +775,16 @@ def sessions_by_worker(dp, port, clients):
 # a plain TCP server for stream routes without mqtt-proxy
 
 
-class EofReplyServer:
+class EofReplyServer(AcceptLoop):
     """Accepts on 127.0.0.1; per connection reads until the client's FIN,
     then answers b"got N bytes" and closes (a half-close probe)."""
 
     def __init__(self):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
+        super().__init__(backlog=16)
         self.name = "eof-reply server :%d" % self.port
-        self.stopped = False
-        self.t = threading.Thread(target=self._run, daemon=True)
-        self.t.start()
 
-    @property
-    def addr(self):
-        return "127.0.0.1:%d" % self.port
-
-    def _run(self):
-        while not self.stopped:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+    def accepted(self, conn):
+        threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, c):
         n = 0
@@ -843,11 +800,3 @@ class EofReplyServer:
             pass
         finally:
             c.close()
-
-    def close(self):
-        self.stopped = True
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()

@@ -101,20 +101,6 @@ def route(e, rid, prefix, nodes=None, conf=None, plugins=None, upstream=None):
                  what="405 from device-api", timeout=5)
 
 
-class _Closer:
-    """Closes a helper (dp_harness.Silent) at the end of the test."""
-
-    def __init__(self, obj):
-        self.obj = obj
-        self.node_id = type(obj).__name__
-
-    def stop(self):
-        self.obj.close()
-
-    def stderr(self):
-        return ""
-
-
 def sub(ctx, e, topic, broker=None, extra=None, cid=None):
     """A mosquitto_sub -v (QoS 1) on topic, subscribed before it returns."""
     b = broker or e.broker
@@ -552,8 +538,7 @@ def test_no_puback_timeout_and_stop(ctx):
     drain timeout (never with a 200), and the data plane exits 0 with its
     MQTT connections closed (no sanitizer report, no leak)."""
     e = env(ctx)
-    silent = Silent()
-    ctx.watchers.append(_Closer(silent))
+    silent = track(ctx, Silent())
     route(e, "dapi-silent", "/silent", nodes=[silent.addr], conf={"timeout": 1})
     t0 = time.monotonic()
     r = post(e, "/silent/api/v1/telemetry", '{"a":1}')

@@ -26,7 +26,7 @@ import ssl
 import subprocess
 import time
 
-from harness import T, Fail, _track, _untrack, check, eq, free_port, wait_until
+from harness import T, Fail, _track, _untrack, check, eq, free_port, run_to_end, wait_until
 from dp_harness import DataPlane, check_no_worker_change
 from mqtt_harness import (Broker, PacketReader, connect_packet, mqtt_dp, parse_connack,
                           publish_packet, read_until_close, subscribe_packet)
@@ -221,16 +221,8 @@ def mosq_tls_args(e, host="localhost", port=None, cert=None):
 
 
 def run(argv, timeout=10):
-    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT)
-    _track(p)
-    try:
-        out, _ = p.communicate(timeout=T(timeout))
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, _ = p.communicate()
-    _untrack(p)
-    return p.returncode, out.decode("utf-8", "replace")
+    rc, out, _, _ = run_to_end(argv, T(timeout), stderr=subprocess.STDOUT)
+    return rc, out.decode("utf-8", "replace")
 
 
 def pubsub(e, conn_args, what):

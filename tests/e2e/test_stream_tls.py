@@ -46,6 +46,16 @@ def dp_conf(ctx, client="dp", ca="ca.crt", server_name=None):
     return {"dataplane": {"control_plane_tls": t}}
 
 
+def refused_dp(ctx, cp, unsynced, log=r"config stream: .*TLS", what="a TLS failure", **kw):
+    """A data plane (new_dp keywords in kw) that must not link: waits for
+    its log line log, then checks it never synced (else Fail: unsynced)."""
+    dp = new_dp(ctx, cp, start=False, **kw)
+    dp.start(wait=False)
+    dp.wait_log(log, timeout=10, what=what)
+    check("synced with" not in dp.stderr(), unsynced)
+    return dp
+
+
 def put_route(cp, up, path):
     cp.must("PUT", "/apisix/admin/routes/" + uid(), {
         "uri": path, "upstream": {"type": "roundrobin", "nodes": {up.addr: 1}}})
@@ -73,41 +83,30 @@ def test_name_checked_when_configured(ctx):
     put_route(cp, up, "/named")
     ok = new_dp(ctx, cp, config=dp_conf(ctx, server_name="cp.internal"))
     wait_serving(ok, "/named")
-    bad = new_dp(ctx, cp, start=False, config=dp_conf(ctx, server_name="other.internal"))
-    bad.start(wait=False)
-    bad.wait_log(r"config stream: .*TLS", timeout=10, what="a TLS failure")
-    check("synced with" not in bad.stderr(), "a data plane synced with a control plane whose "
-          "certificate does not name it")
+    refused_dp(ctx, cp, "a data plane synced with a control plane whose certificate does not "
+               "name it", config=dp_conf(ctx, server_name="other.internal"))
 
 
 def test_data_plane_without_certificate_refused(ctx):
     cp = tls_cp(ctx)
     for name, client in (("nocert", None), ("rogue", "rogue")):
-        dp = new_dp(ctx, cp, name=name, start=False, config=dp_conf(ctx, client=client))
-        dp.start(wait=False)
-        dp.wait_log(r"config stream: .*TLS", timeout=10, what="a TLS failure")
+        refused_dp(ctx, cp, "%s synced without a valid certificate" % name, name=name,
+                   config=dp_conf(ctx, client=client))
         check(wait_until(lambda: "certificate" in cp.stderr(), T(5)),
               "control plane did not log why it refused %s" % name)
-        check("synced with" not in dp.stderr(), "%s synced without a valid certificate" % name)
     eq(cp.dataplanes()["list"], [], "connected data planes")
 
 
 def test_impostor_control_plane_refused(ctx):
     cp = tls_cp(ctx, server="fakecp")
-    dp = new_dp(ctx, cp, start=False, config=dp_conf(ctx))
-    dp.start(wait=False)
-    dp.wait_log(r"config stream: .*TLS", timeout=10, what="a TLS failure")
-    check("synced with" not in dp.stderr(), "the data plane trusted a control plane certificate "
-          "from another CA")
+    refused_dp(ctx, cp, "the data plane trusted a control plane certificate from another CA",
+               config=dp_conf(ctx))
 
 
 def test_plain_data_plane_cannot_talk_to_tls_stream(ctx):
     cp = tls_cp(ctx)
-    dp = new_dp(ctx, cp, start=False)
-    dp.start(wait=False)
-    dp.wait_log(r"config stream: (lost|cannot reach) control plane", timeout=10,
-                what="a failed link")
-    check("synced with" not in dp.stderr(), "a plain data plane synced with a TLS stream")
+    refused_dp(ctx, cp, "a plain data plane synced with a TLS stream",
+               log=r"config stream: (lost|cannot reach) control plane", what="a failed link")
 
 
 def test_bad_tls_settings_refused_at_start(ctx):
