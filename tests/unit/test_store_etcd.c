@@ -804,24 +804,19 @@ static store *open_silent(struct relay *r, const char *prefix, uv_loop_t *loop, 
     return s;
 }
 
-static void test_silent_member(void)
+/* Our own write while the first endpoint is silent: the call moves to the
+ * second within its one timeout (each endpoint gets a share), and the watch,
+ * which does not bring that write back, moves too. */
+static void silent_own_write(struct relay *r)
 {
-    /* The first endpoint stops answering but keeps its connections. Bounds
-     * below are generous (failing means "never", not "slow"). */
-    struct relay r;
-    REQUIRE(relay_start(&r) == 0);
     uv_loop_t loop;
     struct seen w = {0};
-    store *s = open_silent(&r, "/t-silent", &loop, &w);
+    store *s = open_silent(r, "/t-silent-own", &loop, &w);
     REQUIRE(s);
     REQUIRE(store_put(s, "/apisix/routes/1", "a", STORE_ANY, NULL) == 0);
     run_until(&loop, &w.n, 1, 5000);
     REQUIRE(w.n == 1); /* the watch is up, on the relay (the first endpoint) */
-
-    /* Our own write: the call moves to the second endpoint within its one
-     * timeout (each endpoint gets a share), and the watch, which does not
-     * bring that write back, moves too. */
-    r.frozen = 1;
+    r->frozen = 1;
     store_request_begin(s);
     int rc = store_put(s, "/apisix/routes/2", "b", STORE_ANY, NULL);
     store_request_end(s);
@@ -829,38 +824,61 @@ static void test_silent_member(void)
     if (rc)
         fprintf(stderr, "  put with the first endpoint silent: %s\n", s->errmsg);
     run_until(&loop, &w.n, 2, 10000);
-    CHECK(w.n == 2);
+    CHECK(w.n >= 2);
     CHECK_STREQ(w.key[1], "/apisix/routes/2");
     finish(s, &loop);
+}
 
-    /* Only others write: the watch's liveness check finds the silent
-     * member and the watch moves on. */
-    r.frozen = 0;
-    memset(&w, 0, sizeof(w));
-    s = open_silent(&r, "/t-silent", &loop, &w);
+/* Only others write: the watch's liveness check finds the silent member
+ * and the watch moves on. */
+static void silent_others_write(struct relay *r)
+{
+    uv_loop_t loop;
+    struct seen w = {0};
+    store *s = open_silent(r, "/t-silent-others", &loop, &w);
     REQUIRE(s);
-    REQUIRE(ctl(NULL, 0, "put", "/t-silent/routes/3", "c", NULL) == 0);
+    REQUIRE(ctl(NULL, 0, "put", "/t-silent-others/routes/1", "a", NULL) == 0);
     run_until(&loop, &w.n, 1, 5000);
     REQUIRE(w.n == 1); /* up, on the relay */
-    r.frozen = 1;
-    REQUIRE(ctl(NULL, 0, "put", "/t-silent/routes/4", "d", NULL) == 0);
+    r->frozen = 1;
+    REQUIRE(ctl(NULL, 0, "put", "/t-silent-others/routes/2", "b", NULL) == 0);
     run_until(&loop, &w.n, 2, 10000);
-    CHECK(w.n == 2);
-    CHECK_STREQ(w.key[1], "/apisix/routes/4");
+    CHECK(w.n >= 2);
+    CHECK_STREQ(w.key[1], "/apisix/routes/2");
     finish(s, &loop);
+}
 
-    /* Opened and started while the first endpoint is silent: the revision
-     * is read from the second, and the watch, never acknowledged, moves. */
-    memset(&w, 0, sizeof(w));
-    s = open_silent(&r, "/t-silent", &loop, &w);
+/* Opened and started while the first endpoint is silent: the revision is
+ * read from the second, and the watch, never acknowledged, moves on. */
+static void silent_from_the_start(struct relay *r)
+{
+    r->frozen = 1;
+    uv_loop_t loop;
+    struct seen w = {0};
+    store *s = open_silent(r, "/t-silent-start", &loop, &w);
     REQUIRE(s);
     CHECK(store_revision(s) > 0);
-    REQUIRE(ctl(NULL, 0, "put", "/t-silent/routes/5", "e", NULL) == 0);
+    REQUIRE(ctl(NULL, 0, "put", "/t-silent-start/routes/1", "a", NULL) == 0);
     run_until(&loop, &w.n, 1, 10000);
-    CHECK(w.n == 1);
-    CHECK_STREQ(w.key[0], "/apisix/routes/5");
+    CHECK(w.n >= 1);
+    CHECK_STREQ(w.key[0], "/apisix/routes/1");
     finish(s, &loop);
-    relay_stop(&r);
+}
+
+static void test_silent_member(void)
+{
+    /* The first endpoint stops answering but keeps its connections. A new
+     * relay for each case: a frozen one holds requests that it would pass
+     * on once thawed (as a SIGCONT'd etcd would run them). Bounds are
+     * generous: failing means "never", not "slow". */
+    void (*cases[])(struct relay *) = {silent_own_write, silent_others_write,
+                                       silent_from_the_start};
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct relay r; /* stopped here even when the case failed */
+        REQUIRE(relay_start(&r) == 0);
+        cases[i](&r);
+        relay_stop(&r);
+    }
 }
 
 static void test_bad_settings(void)
