@@ -40,6 +40,36 @@ static void plugin_run(struct plugin_req *pr);
 
 /* ---- set-up and end ---- */
 
+/* A chain that applies to r and cannot run (plugin.h "Failing closed"): the
+ * name of its missing plugin, else NULL. */
+static const char *unavailable_plugin(const struct snapshot *s, const struct plugin_chain *rc)
+{
+    for (size_t i = 0; i < s->ngchains; i++)
+        if (s->gchains[i]->unavailable)
+            return s->gchains[i]->unavailable;
+    return rc ? rc->unavailable : NULL;
+}
+
+/* The 503 of a request whose route (or a global rule) has a plugin that
+ * cannot run. The working chains' header_filter and log still see it. */
+static void answer_unavailable(struct plugin_req *pr, const char *name)
+{
+    char msg[200];
+    if (name[0])
+        snprintf(msg, sizeof(msg), "plugin %.128s is not available on this route", name);
+    else
+        snprintf(msg, sizeof(msg), "plugins are not available on this route");
+    json_t *j = json_pack("{s:s}", "error_msg", msg); /* NULL: a name cut inside UTF-8 */
+    char *body = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    static const char fallback[] = "{\"error_msg\":\"plugins are not available on this route\"}";
+    plugin_respond(pr, 503, "application/json", body ? body : fallback,
+                   body ? strlen(body) : strlen(fallback));
+    free(body);
+    pr->phase = PH_DONE;
+    hp_req_answer(pr->r, 503, NULL);
+}
+
 bool hp_plugin_begin(struct hp_req *r)
 {
     const struct snapshot *s = r->snap;
@@ -48,11 +78,12 @@ bool hp_plugin_begin(struct hp_req *r)
     for (size_t i = 0; i < s->ngchains; i++)
         ng += s->gchains[i]->n;
     n += ng;
-    if (n == 0)
+    const char *missing = unavailable_plugin(s, rc);
+    if (n == 0 && !missing)
         return false;
     struct plugin_req *pr = calloc(1, sizeof(*pr) + n * sizeof(pr->e[0]));
     if (!pr) {
-        hp_req_answer(r, 500, NULL);
+        hp_req_answer(r, missing ? 503 : 500, NULL);
         return true;
     }
     pr->r = r;
@@ -71,7 +102,10 @@ bool hp_plugin_begin(struct hp_req *r)
                                                     : 0;
     pr->phase = PH_REWRITE;
     r->pr = pr;
-    plugin_run(pr);
+    if (missing)
+        answer_unavailable(pr, missing);
+    else
+        plugin_run(pr);
     return true;
 }
 

@@ -17,6 +17,7 @@
 #define URI_MAX 128
 #define HOST_MAX 128
 #define NODE_MAX 64
+#define CONSUMER_MAX 128 /* consumer names are up to 256: longer ones share a series */
 
 static const uint32_t bucket_ms[METRICS_BUCKETS] = {1,   2,    5,    10,   20,    50,   100, 200,
                                                      500, 1000, 2000, 5000, 10000, 30000, 60000};
@@ -30,6 +31,7 @@ struct series {
     char uri[URI_MAX];               /* matched_uri */
     char host[HOST_MAX];             /* matched_host */
     char node[NODE_MAX];             /* upstream node host */
+    char consumer[CONSUMER_MAX];     /* the request's consumer, or "" */
     _Atomic uint64_t count;          /* requests */
     _Atomic uint64_t bytes_in;       /* bytes from clients */
     _Atomic uint64_t bytes_out;      /* bytes to clients */
@@ -141,8 +143,9 @@ static const char *nz(const char *s)
 static uint64_t hash(const struct metrics_labels *l, int status)
 {
     uint64_t h = 1469598103934665603ull ^ (uint64_t)status;
-    const char *parts[4] = {nz(l->route), nz(l->matched_uri), nz(l->matched_host), nz(l->node)};
-    for (int i = 0; i < 4; i++) {
+    const char *parts[5] = {nz(l->route), nz(l->matched_uri), nz(l->matched_host), nz(l->node),
+                            nz(l->consumer)};
+    for (int i = 0; i < 5; i++) {
         for (const char *s = parts[i]; *s; s++)
             h = (h ^ (unsigned char)*s) * 1099511628211ull;
         h = (h ^ 0xff) * 1099511628211ull;
@@ -157,7 +160,8 @@ static int same(const struct series *s, const struct metrics_labels *l, int stat
     return s->status == status && strncmp(s->route, nz(l->route), ROUTE_MAX - 1) == 0 &&
            strncmp(s->uri, nz(l->matched_uri), URI_MAX - 1) == 0 &&
            strncmp(s->host, nz(l->matched_host), HOST_MAX - 1) == 0 &&
-           strncmp(s->node, nz(l->node), NODE_MAX - 1) == 0;
+           strncmp(s->node, nz(l->node), NODE_MAX - 1) == 0 &&
+           strncmp(s->consumer, nz(l->consumer), CONSUMER_MAX - 1) == 0;
 }
 
 /* Finds or claims the series of (labels, status). NULL when full. */
@@ -175,6 +179,7 @@ static struct series *find(struct shm *shm, const struct metrics_labels *l, int 
                 snprintf(s->uri, sizeof(s->uri), "%s", nz(l->matched_uri));
                 snprintf(s->host, sizeof(s->host), "%s", nz(l->matched_host));
                 snprintf(s->node, sizeof(s->node), "%s", nz(l->node));
+                snprintf(s->consumer, sizeof(s->consumer), "%s", nz(l->consumer));
                 atomic_store_explicit(&s->state, SERIES_READY, memory_order_release);
                 return s;
             }
@@ -281,18 +286,22 @@ static const char *escape(const char *in, char *out, size_t len)
 static void histogram(struct out *o, const char *type, const struct series *s,
                       const _Atomic uint64_t *b, uint64_t count, uint64_t sum_us)
 {
+    /* APISIX's labels (type, route, service, consumer, node) and airgw's
+     * code; consumer and node keep series of one route apart. */
+    char lb[ROUTE_MAX + 2 * CONSUMER_MAX + NODE_MAX + 96], cons[2 * CONSUMER_MAX];
+    snprintf(lb, sizeof(lb),
+             "type=\"%s\",route=\"%s\",service=\"\",consumer=\"%s\",node=\"%s\","
+             "code=\"%u\"",
+             type, s->route, escape(s->consumer, cons, sizeof(cons)), s->node, s->status);
     uint64_t cum = 0;
     for (int i = 0; i < METRICS_BUCKETS; i++) {
         cum += atomic_load_explicit(&b[i], memory_order_relaxed);
-        put(o, "apisix_http_latency_bucket{type=\"%s\",route=\"%s\",code=\"%u\",le=\"%u\"} %llu\n",
-            type, s->route, s->status, bucket_ms[i], (unsigned long long)cum);
+        put(o, "apisix_http_latency_bucket{%s,le=\"%u\"} %llu\n", lb, bucket_ms[i],
+            (unsigned long long)cum);
     }
-    put(o, "apisix_http_latency_bucket{type=\"%s\",route=\"%s\",code=\"%u\",le=\"+Inf\"} %llu\n",
-        type, s->route, s->status, (unsigned long long)count);
-    put(o, "apisix_http_latency_count{type=\"%s\",route=\"%s\",code=\"%u\"} %llu\n", type,
-        s->route, s->status, (unsigned long long)count);
-    put(o, "apisix_http_latency_sum{type=\"%s\",route=\"%s\",code=\"%u\"} %.3f\n", type, s->route,
-        s->status, (double)sum_us / 1000.0);
+    put(o, "apisix_http_latency_bucket{%s,le=\"+Inf\"} %llu\n", lb, (unsigned long long)count);
+    put(o, "apisix_http_latency_count{%s} %llu\n", lb, (unsigned long long)count);
+    put(o, "apisix_http_latency_sum{%s} %.3f\n", lb, (double)sum_us / 1000.0);
 }
 
 char *metrics_render(const struct metrics *m, const char *node_id, int64_t config_revision,
@@ -337,11 +346,11 @@ char *metrics_render(const struct metrics *m, const char *node_id, int64_t confi
         const struct series *s = &shm->series[i];
         if (atomic_load_explicit(&s->state, memory_order_acquire) != SERIES_READY)
             continue;
-        char uri[2 * URI_MAX], host[2 * HOST_MAX];
+        char uri[2 * URI_MAX], host[2 * HOST_MAX], cons[2 * CONSUMER_MAX];
         put(&o, "apisix_http_status{code=\"%u\",route=\"%s\",matched_uri=\"%s\",matched_host=\"%s\","
-                "service=\"\",consumer=\"\",node=\"%s\"} %llu\n",
+                "service=\"\",consumer=\"%s\",node=\"%s\"} %llu\n",
             s->status, s->route, escape(s->uri, uri, sizeof(uri)),
-            escape(s->host, host, sizeof(host)), s->node,
+            escape(s->host, host, sizeof(host)), escape(s->consumer, cons, sizeof(cons)), s->node,
             (unsigned long long)atomic_load_explicit(&s->count, memory_order_relaxed));
     }
     put(&o, "# HELP apisix_bandwidth Total bandwidth in bytes per route\n"
@@ -350,10 +359,15 @@ char *metrics_render(const struct metrics *m, const char *node_id, int64_t confi
         const struct series *s = &shm->series[i];
         if (atomic_load_explicit(&s->state, memory_order_acquire) != SERIES_READY)
             continue;
-        put(&o, "apisix_bandwidth{type=\"ingress\",route=\"%s\",code=\"%u\"} %llu\n", s->route,
-            s->status, (unsigned long long)atomic_load_explicit(&s->bytes_in, memory_order_relaxed));
-        put(&o, "apisix_bandwidth{type=\"egress\",route=\"%s\",code=\"%u\"} %llu\n", s->route,
-            s->status,
+        char cons[2 * CONSUMER_MAX];
+        escape(s->consumer, cons, sizeof(cons));
+        put(&o, "apisix_bandwidth{type=\"ingress\",route=\"%s\",service=\"\",consumer=\"%s\","
+                "node=\"%s\",code=\"%u\"} %llu\n",
+            s->route, cons, s->node, s->status,
+            (unsigned long long)atomic_load_explicit(&s->bytes_in, memory_order_relaxed));
+        put(&o, "apisix_bandwidth{type=\"egress\",route=\"%s\",service=\"\",consumer=\"%s\","
+                "node=\"%s\",code=\"%u\"} %llu\n",
+            s->route, cons, s->node, s->status,
             (unsigned long long)atomic_load_explicit(&s->bytes_out, memory_order_relaxed));
     }
     put(&o, "# HELP apisix_http_latency HTTP request latency in milliseconds per route\n"

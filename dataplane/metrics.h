@@ -38,12 +38,16 @@ void metrics_free(struct metrics *m);
 void metrics_worker_conns(struct metrics *m, int worker, uint64_t active, uint64_t accepted,
                           uint64_t handled);
 /* The labels of one series, as APISIX's: route id, the route uri and host
- * patterns that matched, the upstream node's host. NULL means "". */
+ * patterns that matched, the upstream node's host, the consumer an auth
+ * plugin attached to the request. NULL means "". The series table has a
+ * fixed size (METRICS_SERIES): what does not fit is counted under route ""
+ * with no other labels (airgw_metrics_overflow counts it). */
 struct metrics_labels {
     const char *route;
     const char *matched_uri;
     const char *matched_host;
     const char *node;
+    const char *consumer;
 };
 
 void metrics_observe(struct metrics *m, const struct metrics_labels *l, int status,

@@ -67,6 +67,24 @@ static int inst_cmp(const void *a, const void *b)
     return strcmp(x->def->name, y->def->name);
 }
 
+/* What a chain that cannot be made at all (out of memory) becomes: no
+ * instances, and its owner refuses traffic. Never freed. */
+static struct plugin_chain chain_oom = {.n = 0, .unavailable = ""};
+
+/* Frees the instances made so far and turns c into a refusing chain. */
+static struct plugin_chain *chain_unavailable(struct plugin_chain *c, const char *owner,
+                                              const char *name, const char *why, bool stream)
+{
+    for (size_t i = 0; i < c->n; i++)
+        if (c->inst[i].def->destroy)
+            c->inst[i].def->destroy(c->inst[i].state);
+    c->n = 0;
+    c->unavailable = name;
+    log_error("%s: plugin %s is not available: %s; %s", owner, name, why,
+              stream ? "its connections are refused" : "its requests are answered 503");
+    return c;
+}
+
 struct plugin_chain *plugin_chain_build(const json_t *plugins, const char *owner, bool stream)
 {
     if (!json_is_object(plugins) || json_object_size(plugins) == 0)
@@ -74,33 +92,41 @@ struct plugin_chain *plugin_chain_build(const json_t *plugins, const char *owner
     size_t max = json_object_size(plugins);
     struct plugin_chain *c = malloc(sizeof(*c) + max * sizeof(c->inst[0]));
     if (!c) {
-        log_error("%s: out of memory building its plugins", owner);
-        return NULL;
+        log_error("%s: out of memory building its plugins; %s", owner,
+                  stream ? "its connections are refused" : "its requests are answered 503");
+        return &chain_oom;
     }
     c->n = 0;
+    c->unavailable = NULL;
     const char *name;
     json_t *conf;
     json_object_foreach((json_t *)plugins, name, conf) {
+        if (conf_disabled(conf))
+            continue; /* off: not run, whether airgw knows it or not */
         const struct plugin_def *d = plugin_find(name);
-        if (!d) {
-            log_warn("%s: plugin %s skipped: airgw has no code for it", owner, name);
-            continue;
-        }
+        if (!d)
+            return chain_unavailable(c, owner, name, "airgw has no code for it", stream);
         if (!(d->flags & (stream ? PLUGIN_STREAM : PLUGIN_HTTP))) {
-            log_warn("%s: plugin %s skipped: it is not a %s plugin", owner, name,
-                     stream ? "stream" : "HTTP");
+            /* The control plane accepts a plugin only where it runs. On a
+             * stream route an HTTP plugin comes from a service shared with
+             * HTTP routes and means nothing there: ignored. On an HTTP
+             * owner a stream plugin came from elsewhere (another control
+             * plane, a direct store write): what it should do cannot be
+             * done, so the owner refuses. */
+            if (!stream)
+                return chain_unavailable(c, owner, name, "it is not an HTTP plugin", stream);
+            log_warn("%s: plugin %s ignored: it is not a stream plugin", owner, name);
             continue;
         }
-        if (!def_has_code(d, stream) || conf_disabled(conf))
-            continue;
+        if (!def_has_code(d, stream))
+            continue; /* mqtt-proxy: the stream proxy itself does its work */
         void *state = NULL;
         if (d->create) {
             char err[256] = "";
             struct plugin_create_args a = {.conf = conf, .owner = owner, .plugin = name};
-            if (d->create(&a, &state, err, sizeof(err)) < 0) {
-                log_warn("%s: plugin %s skipped: %s", owner, name, err[0] ? err : "invalid");
-                continue;
-            }
+            if (d->create(&a, &state, err, sizeof(err)) < 0)
+                return chain_unavailable(c, owner, name, err[0] ? err : "invalid configuration",
+                                         stream);
         }
         c->inst[c->n++] = (struct plugin_inst){.def = d, .state = state, .conf = conf};
     }
@@ -114,7 +140,7 @@ struct plugin_chain *plugin_chain_build(const json_t *plugins, const char *owner
 
 void plugin_chain_free(struct plugin_chain *c)
 {
-    if (!c)
+    if (!c || c == &chain_oom)
         return;
     for (size_t i = 0; i < c->n; i++)
         if (c->inst[i].def->destroy)

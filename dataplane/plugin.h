@@ -13,8 +13,19 @@
  * order). The instance lives as long as the snapshot; def->destroy frees it.
  * Chains are built only in processes that called plugin_env_set (workers):
  * the master compiles snapshots too (for health checks) and must not run
- * plugin code. Unknown plugins and failing creates are skipped with a
- * warning naming the route, never failing the snapshot.
+ * plugin code.
+ *
+ * Failing closed. A configured plugin that cannot run (airgw has no code for
+ * it, its create failed, memory ran out) never fails the snapshot, but the
+ * chain then has no instances and names it in `unavailable`: the route or
+ * global rule answers every request 503 {"error_msg":"plugin NAME is not
+ * available on this route"}, the stream route refuses every connection
+ * (MQTT: CONNACK "server unavailable"). A route meant to be protected by
+ * key-auth or a limit never serves without it. The build logs which plugin
+ * and why, once per snapshot (per worker). Not refusing: plugins turned off
+ * with _meta.disable, plugins without code on purpose (mqtt-proxy, done by
+ * stream_proxy.c), and HTTP plugins on a stream route (from a service shared
+ * with HTTP routes), which are ignored with a warning.
  *
  * HTTP phases, in this order for each request (APISIX's):
  *   rewrite   global rules' chains, then the route's
@@ -123,6 +134,10 @@ struct plugin_inst {
 
 struct plugin_chain {
     size_t n;
+    /* NULL, or the name of a configured plugin that could not be made
+     * (borrowed from the plugins object; "" when memory ran out before any
+     * was looked at): then n is 0 and the owner refuses all traffic. */
+    const char *unavailable;
     struct plugin_inst inst[]; /* priority order, highest first */
 };
 
@@ -132,9 +147,12 @@ struct plugin_chain {
 const struct plugin_def *plugin_find(const char *name);
 
 /* Builds a chain from a "plugins" object (may be NULL or empty: returns
- * NULL). stream picks PLUGIN_STREAM plugins, else PLUGIN_HTTP ones. what
- * names the owner in warnings. Returns NULL when no plugin has code
- * (e.g. only mqtt-proxy, which stream_proxy.c handles itself). */
+ * NULL). stream picks PLUGIN_STREAM plugins, else PLUGIN_HTTP ones. owner
+ * names the owner in logs. Returns NULL when no plugin has code (e.g. only
+ * mqtt-proxy, which stream_proxy.c handles itself), and a chain with
+ * `unavailable` set when a plugin cannot run (see "Failing closed"). The
+ * chain borrows names and configurations from plugins, which must outlive
+ * it. */
 struct plugin_chain *plugin_chain_build(const json_t *plugins, const char *owner, bool stream);
 void plugin_chain_free(struct plugin_chain *c);
 

@@ -738,6 +738,17 @@ static const char *deny_reason(int why)
 static bool run_preread(struct sconn *c, const struct mqtt_connect *mc)
 {
     const struct plugin_chain *ch = c->route->chain;
+    if (ch && ch->unavailable) {
+        /* A plugin of the route cannot run (plugin.h "Failing closed"). */
+        char why[200];
+        if (ch->unavailable[0])
+            snprintf(why, sizeof(why), "plugin %.128s is not available on this route",
+                     ch->unavailable);
+        else
+            snprintf(why, sizeof(why), "plugins are not available on this route");
+        refuse(c, MQTT_REFUSE_UNAVAILABLE, why);
+        return false;
+    }
     if (!ch || ch->n == 0)
         return true;
     struct plugin_stream *ps = calloc(1, sizeof(*ps) + ch->n * sizeof(void *));

@@ -71,11 +71,13 @@ static void pm_log(struct plugin_req *r, void *state, void **data)
         if (name && *name)
             route = name;
     }
+    const struct consumer_rt *c = plugin_req_consumer(r);
     struct metrics_labels l = {
         .route = route,
         .matched_uri = i.matched_uri,
         .matched_host = i.matched_host,
         .node = i.node_host,
+        .consumer = c ? c->username : NULL, /* APISIX: ctx.consumer_name */
     };
     metrics_observe(env->metrics, &l, i.status, i.latency_us, i.upstream_latency_us, i.bytes_in,
                     i.bytes_out);

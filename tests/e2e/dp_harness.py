@@ -34,9 +34,9 @@ import sys
 import threading
 import time
 
-from harness import (AUTO, Fail, Settings, T, _short, _track, _untrack, check_no_sanitizer_report,
+from harness import (AUTO, Fail, Settings, T, _short, _track, check_no_sanitizer_report,
                      close_files, curl, end_process, free_port, kill_process, new_tmpdir, read_text,
-                     to_yaml, wait_until)
+                     stop_within, to_yaml, wait_until)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -503,25 +503,15 @@ class DataPlane:
         if self.proc is None:
             return None
         timeout = timeout or T(15)
-        p = self.proc
         self.stop_checked = True
-        already = p.poll() is not None
-        kids = self.children() if not already else []
-        if not already:
-            p.send_signal(sig)
-        t0 = time.monotonic()
-        try:
-            rc = p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-            _untrack(p)
+        kids = self.children() if self.proc.poll() is None else []
+        already, rc, took = stop_within(self.proc, sig, timeout)
+        if rc is None:
             self._close_files()
             self._reap_orphans(kids)
             raise Fail("%s did not exit within %.1fs of %s" % (self.name, timeout,
                                                                signal.Signals(sig).name))
-        _untrack(p)
-        self.last_stop_seconds = time.monotonic() - t0
+        self.last_stop_seconds = took
         left = self._reap_orphans(kids)
         self._close_files()
         err = self.stderr()
@@ -848,8 +838,8 @@ def connect(port, timeout=5):
 
 
 def recv_all(s, timeout=5, limit=1 << 24):
-    """Reads until EOF (or timeout / reset). Returns (bytes, how) with how
-    "eof", "timeout" or "reset"."""
+    """Reads until EOF (or timeout / reset, or limit bytes). Returns (bytes,
+    how) with how "eof", "timeout", "reset" or "limit"."""
     s.settimeout(T(timeout))
     out = bytearray()
     end = time.monotonic() + T(timeout)

@@ -33,7 +33,7 @@ import urllib.error
 import urllib.request
 
 from harness import (Fail, Settings, T, _short, _track, _untrack, close_files, free_port,
-                     kill_process, new_tmpdir, read_text, wait_until)
+                     kill_process, new_tmpdir, read_text, stop_within, wait_until)
 
 ETCD_BIN = os.environ.get("AIRGW_ETCD", "/usr/bin/etcd")
 ETCDCTL_BIN = os.environ.get("AIRGW_ETCDCTL", "/usr/bin/etcdctl")
@@ -317,16 +317,11 @@ class Etcd:
             self._close()
             raise Fail("%s had already exited (rc %s)" % (self.name, p.returncode))
         p.send_signal(signal.SIGCONT)  # in case a test paused it
-        p.send_signal(signal.SIGTERM)
-        try:
-            rc = p.wait(timeout=timeout or T(10))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-            self._close()
+        _, rc, _ = stop_within(p, signal.SIGTERM, timeout or T(10))
+        self._close()
+        if rc is None:
             raise Fail("%s did not exit within %.0fs of SIGTERM" % (self.name,
                                                                     timeout or T(10)))
-        self._close()
         # etcd re-raises the signal after its graceful shutdown.
         if rc not in (0, -signal.SIGTERM):
             raise Fail("%s exited %s on SIGTERM" % (self.name, rc))

@@ -121,6 +121,24 @@ def end_process(p, timeout, sig=signal.SIGTERM):
     return p.returncode
 
 
+def stop_within(p, sig, timeout):
+    """Sends sig to p unless it has already exited, and waits up to timeout
+    seconds: (already exited, exit status or None when it did not exit in
+    time: then killed (SIGKILL) and reaped, seconds waited). Untracks p."""
+    already = p.poll() is not None
+    if not already:
+        p.send_signal(sig)
+    t0 = time.monotonic()
+    try:
+        rc = p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+        rc = None
+    _untrack(p)
+    return already, rc, time.monotonic() - t0
+
+
 def kill_process(p):
     """kill -9 of p (None: nothing) if it still runs; untracks it."""
     if p is None:
@@ -569,24 +587,13 @@ class Daemon:
         if self.proc is None:
             return None
         timeout = timeout or T(5)
-        p = self.proc
         self.stop_checked = True
-        already = p.poll() is not None
-        if not already:
-            p.send_signal(sig)
-        t0 = time.monotonic()
-        try:
-            rc = p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-            _untrack(p)
-            self._close_files()
+        already, rc, took = stop_within(self.proc, sig, timeout)
+        self._close_files()
+        if rc is None:
             raise Fail("%s did not exit within %.1fs of %s" % (self.name, timeout,
                                                                signal.Signals(sig).name))
-        _untrack(p)
-        self._close_files()
-        self.last_stop_seconds = time.monotonic() - t0
+        self.last_stop_seconds = took
         err = self.stderr()
         if already:
             raise Fail("%s had already exited (rc %s) before %s" % (

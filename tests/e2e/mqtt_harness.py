@@ -41,7 +41,7 @@ import time
 
 from harness import (read_text, Fail, T, _short, _track, close_files, end_process,
                      free_port, new_tmpdir, run_to_end, wait_until)
-from dp_harness import AcceptLoop, DataPlane
+from dp_harness import AcceptLoop, DataPlane, recv_all
 
 # ---------------------------------------------------------------------------
 # the broker
@@ -522,23 +522,7 @@ def raw_connect(port, timeout=5, bind=None):
 
 def read_until_close(s, timeout=5):
     """Reads until the peer closes: (bytes, "eof" | "reset" | "timeout")."""
-    s.settimeout(T(timeout))
-    out = bytearray()
-    end = time.monotonic() + T(timeout)
-    while True:
-        try:
-            d = s.recv(65536)
-        except socket.timeout:
-            return bytes(out), "timeout"
-        except ConnectionResetError:
-            return bytes(out), "reset"
-        if not d:
-            return bytes(out), "eof"
-        out += d
-        left = end - time.monotonic()
-        if left <= 0:
-            return bytes(out), "timeout"
-        s.settimeout(left)
+    return recv_all(s, timeout, limit=float("inf"))
 
 
 def exchange(port, data, timeout=5, shut_wr=False, bind=None):

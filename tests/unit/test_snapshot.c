@@ -248,20 +248,22 @@ static const char *chain_names(const struct plugin_chain *c, char *buf, size_t l
 
 static void test_chains_only_in_workers_in_priority_order(void)
 {
-    json_t *r = res("{"
-                    "\"/apisix/routes/1\":{\"uri\":\"/a\",\"plugins\":{"
-                    "  \"proxy-rewrite\":{\"uri\":\"/x\"},\"no-such-plugin\":{},\"cors\":{}}},"
-                    "\"/apisix/routes/2\":{\"uri\":\"/b\",\"plugins\":{"
-                    "  \"cors\":{\"_meta\":{\"disable\":true}},"
-                    "  \"proxy-rewrite\":{\"regex_uri\":[\"(\",\"/x\"]}}},"
-                    "\"/apisix/routes/3\":{\"uri\":\"/c\"},"
-                    "\"/apisix/global_rules/10\":{\"plugins\":{\"proxy-rewrite\":{\"uri\":\"/g10\"}}},"
-                    "\"/apisix/global_rules/2\":{\"plugins\":{\"proxy-rewrite\":{\"uri\":\"/g2\"}}},"
-                    "\"/apisix/global_rules/1\":{\"plugins\":{\"proxy-rewrite\":{\"uri\":\"/g1\"}}},"
-                    "\"/apisix/global_rules/9\":{\"plugins\":{}},"
-                    "\"/apisix/stream_routes/s1\":{\"server_port\":1883,\"plugins\":{"
-                    "  \"mqtt-proxy\":{\"protocol_name\":\"MQTT\",\"protocol_level\":4}},"
-                    "  \"upstream\":{\"nodes\":{\"127.0.0.1:1883\":1}}}}");
+    json_t *r =
+        res("{"
+            "\"/apisix/routes/1\":{\"uri\":\"/a\",\"plugins\":{"
+            "  \"proxy-rewrite\":{\"uri\":\"/x\"},\"cors\":{},"
+            "  \"no-such-plugin\":{\"_meta\":{\"disable\":true}}}},"
+            "\"/apisix/routes/2\":{\"uri\":\"/b\",\"plugins\":{"
+            "  \"cors\":{\"_meta\":{\"disable\":true}},"
+            "  \"proxy-rewrite\":{\"regex_uri\":[\"(\",\"/x\"]}}},"
+            "\"/apisix/routes/3\":{\"uri\":\"/c\"},"
+            "\"/apisix/global_rules/10\":{\"plugins\":{\"proxy-rewrite\":{\"uri\":\"/g10\"}}},"
+            "\"/apisix/global_rules/2\":{\"plugins\":{\"proxy-rewrite\":{\"uri\":\"/g2\"}}},"
+            "\"/apisix/global_rules/1\":{\"plugins\":{\"proxy-rewrite\":{\"uri\":\"/g1\"}}},"
+            "\"/apisix/global_rules/9\":{\"plugins\":{}},"
+            "\"/apisix/stream_routes/s1\":{\"server_port\":1883,\"plugins\":{"
+            "  \"mqtt-proxy\":{\"protocol_name\":\"MQTT\",\"protocol_level\":4}},"
+            "  \"upstream\":{\"nodes\":{\"127.0.0.1:1883\":1}}}}");
     REQUIRE(r);
     /* The master (no plugin_env): no plugin code runs, no chain is made. */
     CHECK(plugin_env() == NULL);
@@ -283,12 +285,18 @@ static void test_chains_only_in_workers_in_priority_order(void)
     for (size_t i = 0; i < s->nroutes; i++) {
         const struct route_rt *rt = s->routes[i];
         if (strcmp(rt->id, "1") == 0) {
-            /* highest priority first; the unknown plugin skipped */
+            /* highest priority first; an unknown but disabled plugin is off */
             CHECK_STREQ(chain_names(rt->chain, b, sizeof(b)), "cors,proxy-rewrite");
+            CHECK(rt->chain->unavailable == NULL);
             CHECK(rt->chain->inst[1].conf == json_object_get(rt->plugins, "proxy-rewrite"));
+        } else if (strcmp(rt->id, "2") == 0) {
+            /* cors disabled, proxy-rewrite fails to create: the route
+             * refuses (fails closed), with no instance left */
+            REQUIRE(rt->chain != NULL);
+            CHECK_STREQ(rt->chain->unavailable, "proxy-rewrite");
+            CHECK(rt->chain->n == 0);
         } else {
-            /* route 2: cors disabled, proxy-rewrite fails to create; 3: none */
-            CHECK(rt->chain == NULL);
+            CHECK(rt->chain == NULL); /* 3: no plugins */
         }
     }
     /* Global rules in id order (numeric), the empty one without a chain. */
@@ -301,6 +309,88 @@ static void test_chains_only_in_workers_in_priority_order(void)
     REQUIRE(s->nsroutes == 1);
     CHECK(s->sroutes[0]->chain == NULL);
     snapshot_unref(s); /* the chains' destroy runs (ASan checks the frees) */
+}
+
+/* Failing closed (plugin.h): a plugin that cannot run makes its owner
+ * refuse; plugins off or without code on purpose do not. Runs after
+ * plugin_env_set (workers only build chains). */
+static void test_plugin_that_cannot_run_fails_closed(void)
+{
+    json_t *r = res("{"
+                    /* create fails (limit-conn with conn 0, which its schema forbids:
+                     * a configuration from elsewhere), beside plugins that work */
+                    "\"/apisix/routes/c\":{\"uri\":\"/c\",\"plugins\":{"
+                    "  \"key-auth\":{},\"limit-conn\":{\"conn\":0,\"burst\":0,"
+                    "  \"default_conn_delay\":0.1,\"key\":\"remote_addr\"},\"prometheus\":{}}},"
+                    /* unknown (a newer control plane) */
+                    "\"/apisix/routes/u\":{\"uri\":\"/u\",\"plugins\":{"
+                    "  \"key-auth\":{},\"jwt-auth-v9\":{}}},"
+                    /* a stream-only plugin on an HTTP route: cannot run there */
+                    "\"/apisix/routes/s\":{\"uri\":\"/s\",\"plugins\":{\"mqtt-auth\":{}}},"
+                    /* the plugin comes from the service: the route refuses too */
+                    "\"/apisix/services/sv\":{\"plugins\":{\"ip-restriction\":{}}},"
+                    "\"/apisix/routes/v\":{\"uri\":\"/v\",\"service_id\":\"sv\"},"
+                    "\"/apisix/routes/ok\":{\"uri\":\"/ok\",\"plugins\":{\"prometheus\":{}}},"
+                    "\"/apisix/global_rules/1\":{\"plugins\":{\"prometheus\":{}}},"
+                    "\"/apisix/global_rules/2\":{\"plugins\":{\"limit-count\":{\"count\":0,"
+                    "  \"time_window\":60,\"key\":\"remote_addr\"}}},"
+                    /* stream: create fails -> refuses; mqtt-proxy alone (no code on
+                     * purpose) and an HTTP plugin from a service are fine */
+                    "\"/apisix/stream_routes/bad\":{\"server_port\":1883,\"plugins\":{"
+                    "  \"mqtt-proxy\":{},\"limit-conn\":{\"conn\":-1,\"burst\":0,"
+                    "  \"default_conn_delay\":0.1,\"key\":\"remote_addr\"}},"
+                    "  \"upstream\":{\"nodes\":{\"127.0.0.1:1883\":1}}},"
+                    "\"/apisix/stream_routes/unk\":{\"server_port\":1884,\"plugins\":{"
+                    "  \"mqtt-proxy\":{},\"mqtt-acl\":{}},"
+                    "  \"upstream\":{\"nodes\":{\"127.0.0.1:1883\":1}}},"
+                    "\"/apisix/services/hs\":{\"plugins\":{\"key-auth\":{}}},"
+                    "\"/apisix/stream_routes/good\":{\"server_port\":1885,\"service_id\":\"hs\","
+                    "  \"plugins\":{\"mqtt-proxy\":{}},"
+                    "  \"upstream\":{\"nodes\":{\"127.0.0.1:1883\":1}}}"
+                    "}");
+    REQUIRE(r);
+    REQUIRE(plugin_env() != NULL);
+    struct snapshot *s = snapshot_build(r, 3);
+    json_decref(r);
+    REQUIRE(s);
+    int seen = 0;
+    for (size_t i = 0; i < s->nroutes; i++) {
+        const struct route_rt *rt = s->routes[i];
+        const char *want = strcmp(rt->id, "c") == 0   ? "limit-conn"
+                           : strcmp(rt->id, "u") == 0 ? "jwt-auth-v9"
+                           : strcmp(rt->id, "s") == 0 ? "mqtt-auth"
+                           : strcmp(rt->id, "v") == 0 ? "ip-restriction"
+                                                      : NULL;
+        REQUIRE(rt->chain != NULL);
+        if (want) {
+            CHECK_STREQ(rt->chain->unavailable ? rt->chain->unavailable : "(none)", want);
+            CHECK(rt->chain->n == 0); /* key-auth, prometheus made and freed (ASan) */
+        } else {
+            CHECK(rt->chain->unavailable == NULL);
+            CHECK(rt->chain->n == 1);
+        }
+        seen++;
+    }
+    CHECK(seen == 5);
+    /* both global rules have a chain; the second refuses */
+    REQUIRE(s->ngchains == 2);
+    CHECK(s->gchains[0]->unavailable == NULL && s->gchains[0]->n == 1);
+    CHECK_STREQ(s->gchains[1]->unavailable ? s->gchains[1]->unavailable : "(none)", "limit-count");
+    REQUIRE(s->nsroutes == 3);
+    for (size_t i = 0; i < s->nsroutes; i++) {
+        const struct stream_route_rt *sr = s->sroutes[i];
+        if (strcmp(sr->id, "bad") == 0) {
+            REQUIRE(sr->chain != NULL);
+            CHECK_STREQ(sr->chain->unavailable, "limit-conn");
+        } else if (strcmp(sr->id, "unk") == 0) {
+            REQUIRE(sr->chain != NULL);
+            CHECK_STREQ(sr->chain->unavailable, "mqtt-acl");
+        } else {
+            CHECK_STREQ(sr->id, "good");
+            CHECK(sr->chain == NULL); /* mqtt-proxy only; key-auth ignored */
+        }
+    }
+    snapshot_unref(s);
 }
 
 static void test_consumer_index(void)
@@ -361,6 +451,7 @@ int main(void)
     RUN(test_refcount_keeps_old_snapshot_alive);
     RUN(test_plugin_config_wins_over_service);
     RUN(test_consumer_index);
-    RUN(test_chains_only_in_workers_in_priority_order); /* last: sets plugin_env */
+    RUN(test_chains_only_in_workers_in_priority_order); /* sets plugin_env */
+    RUN(test_plugin_that_cannot_run_fails_closed);      /* needs plugin_env */
     return check_summary();
 }
