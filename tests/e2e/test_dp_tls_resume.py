@@ -25,7 +25,7 @@ def socket_inode(local_port, remote_port):
         next(f)
         for line in f:
             p = line.split()
-            if p[1] == want_l and p[2] == want_r:
+            if p[1] == want_l and p[2] == want_r and p[9] != "0":  # not a TIME_WAIT leftover
                 return p[9]
     return None
 
