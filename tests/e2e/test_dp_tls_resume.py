@@ -1,7 +1,8 @@
 """TLS session resumption across the workers of one data plane: the master
 makes the session ticket keys and every worker seals and opens tickets with
 them, so a client that comes back resumes whichever worker the kernel hands
-its new connection to (SO_REUSEPORT spreads connections by their ports).
+its new connection to (SO_REUSEPORT spreads connections by their ports),
+also after a reload has replaced every worker.
 
 One control plane, one data plane with two workers and an HTTPS listener;
 the client is Python's ssl with session=. Which worker served a connection
@@ -105,6 +106,7 @@ def resume_across_workers(env, ctx, path, maxv, what):
     eq(not_resumed, [], "%s: every reconnection resumed (%d connections, per worker %s)" % (
         what, len(results), served))
     eq(len(served), 2, "%s: both workers served connections: %s" % (what, served))
+    return c, sess
 
 
 def test_resumption_across_workers(ctx):
@@ -113,5 +115,16 @@ def test_resumption_across_workers(ctx):
     t = uid("resume")
     base.route(env, t)
     base.wait_subject(env, ctx, "a.example.com", "commonName", "a.example.com")
-    resume_across_workers(env, ctx, "/%s/x" % t, None, "TLS 1.3")
-    resume_across_workers(env, ctx, "/%s/y" % t, ssl.TLSVersion.TLSv1_2, "TLS 1.2")
+    c13, s13 = resume_across_workers(env, ctx, "/%s/x" % t, None, "TLS 1.3")
+    c12, s12 = resume_across_workers(env, ctx, "/%s/y" % t, ssl.TLSVersion.TLSv1_2, "TLS 1.2")
+
+    # A reload (SIGHUP) replaces every worker; the master keeps the keys,
+    # so sessions from before resume on the new workers.
+    d = env.dps[0]
+    old = set(d.wait_workers().values())
+    d.sighup()
+    new = d.wait_workers(exclude=old)
+    for c, sess, what in ((c13, s13, "TLS 1.3"), (c12, s12, "TLS 1.2")):
+        pid, reused, _ = one_request(env, c, "/%s/z" % t, sess)
+        check(pid in new.values(), "%s: a new worker served (%d)" % (what, pid))
+        check(reused, "%s: a session from before the reload resumed on a new worker" % what)
