@@ -8,9 +8,11 @@ harness.py and dp_harness.py (Python 3 standard library only).
                          tells which client ids connected to it and when a
                          subscription was acknowledged.
   new_broker(ctx, name)  a broker stopped at the end of the test
+  shared_brokers(ctx, *b)  brokers shared by a module's tests
   mqtt_dp(ctx, cp, ...)  a data plane (dp_harness.DataPlane) with stream
                          listeners (--stream-listen, free ports in
-                         .stream_ports), stopped at the end of the test
+                         .stream_ports; tls=True: one --stream-tls-listen
+                         more, last), stopped at the end of the test
   pub(...)               one real `mosquitto_pub` run
   Sub(...)               a real `mosquitto_sub` in the background; its lines
                          collected by a thread
@@ -150,6 +152,16 @@ def new_broker(ctx, name="broker"):
     b = Broker(name)
     ctx.daemons.append(b)
     return b.start()
+
+
+def shared_brokers(ctx, *brokers):
+    """Starts brokers (Broker objects) as processes the module shares
+    ("broker-NAME" in ctx.mod.shared, stopped with the module); returns
+    them."""
+    for b in brokers:
+        ctx.mod.shared["broker-" + b.name] = b
+        b.start()
+    return brokers
 
 
 def broker_of(brokers, cid, since=None, timeout=3):

@@ -42,7 +42,7 @@ import time
 from harness import T, Fail, Skip, _short, _track, _untrack, check, eq, free_port, new_tmpdir, \
     wait_until
 from dp_harness import DataPlane, Silent, new_dp, wait_serving
-from mqtt_harness import Broker, Sub, track, wait_subscribed
+from mqtt_harness import Broker, Sub, shared_brokers, track, wait_subscribed
 
 JSON_CT = "Content-Type: application/json"
 
@@ -63,9 +63,7 @@ def env(ctx):
     e = getattr(ctx.mod, "dapi_env", None)
     if e is None:
         cp = ctx.shared("cp-dapi")
-        b = Broker("dapi")
-        ctx.mod.shared["broker-dapi"] = b
-        b.start()
+        b, = shared_brokers(ctx, Broker("dapi"))
         dp = DataPlane(cp, name="dapi", workers=2)
         ctx.mod.shared["dp-dapi"] = dp
         dp.start()

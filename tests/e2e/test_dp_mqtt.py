@@ -34,7 +34,7 @@ from dp_harness import SERVING_RE, check_no_worker_change
 from mqtt_harness import (PINGREQ, Broker, EofReplyServer, RawMqtt, Sub, broker_of,
                           connect_packet, exchange, marks, mqtt_dp, must_pub, new_broker, probe,
                           pub, parse_connack, publish_packet, read_until_close, sessions_by_worker,
-                          subscribe_packet, track, varint, mstr, packet, wait_probe,
+                          shared_brokers, subscribe_packet, track, varint, mstr, packet, wait_probe,
                           wait_stream_listeners, wait_subscribed)
 
 # ---------------------------------------------------------------------------
@@ -61,10 +61,7 @@ def env(ctx):
     if e is None:
         cp = ctx.shared("cp-mq")
         dp = mqtt_dp(ctx, cp, name="mq-main", streams=8, workers=2, shared="dp-mq-main")
-        a, b = Broker("a"), Broker("b")
-        for br in (a, b):
-            ctx.mod.shared["broker-" + br.name] = br
-            br.start()
+        a, b = shared_brokers(ctx, Broker("a"), Broker("b"))
         # Stopped in this order at the end of the module: data plane,
         # brokers, control plane.
         ctx.mod.shared["cp-mq"] = ctx.mod.shared.pop("cp-mq")

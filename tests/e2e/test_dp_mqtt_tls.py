@@ -29,7 +29,7 @@ import time
 from harness import T, Fail, _track, _untrack, check, eq, free_port, run_to_end, wait_until
 from dp_harness import DataPlane, check_no_worker_change
 from mqtt_harness import (Broker, PacketReader, connect_packet, mqtt_dp, parse_connack,
-                          publish_packet, read_until_close, subscribe_packet)
+                          publish_packet, read_until_close, shared_brokers, subscribe_packet)
 from certs import ca, client, module_certs, server
 
 CERTS = (
@@ -95,10 +95,7 @@ def env(ctx):
         cp = ctx.shared("cp-mqtls")
         d = mqtt_dp(ctx, cp, name="mqtls", streams=1, tls=True, log_level="debug",
                     args=["--https-listen", "off"], shared="dp-mqtls")
-        a, b, t = Broker("tls-a"), Broker("tls-b"), TlsBroker("tls-t", ctx)
-        for br in (a, b, t):
-            ctx.mod.shared["broker-" + br.name] = br
-            br.start()
+        a, b, t = shared_brokers(ctx, Broker("tls-a"), Broker("tls-b"), TlsBroker("tls-t", ctx))
         ctx.mod.shared["cp-mqtls"] = ctx.mod.shared.pop("cp-mqtls")
         e = ctx.mod.mqtls_env = Env(cp, d, a, b, t)
         e.certs = certs(ctx)

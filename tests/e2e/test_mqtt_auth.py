@@ -37,7 +37,7 @@ import time
 from harness import T, Fail, check, eq, wait_until
 from dp_harness import check_no_worker_change
 from mqtt_harness import (Broker, PacketReader, Sub, broker_of, connect_packet, marks, mqtt_dp,
-                          parse_connack, pub, wait_subscribed)
+                          parse_connack, pub, shared_brokers, wait_subscribed)
 from certs import ca, client, module_certs, server
 
 # stream listeners of the module's data plane (one stream route each, by
@@ -81,10 +81,7 @@ def env(ctx):
         cp = ctx.shared("cp-mqauth")
         d = mqtt_dp(ctx, cp, name="mqauth", streams=TLS, tls=True, args=["--https-listen", "off"],
                     shared="dp-mqauth")
-        a, b = Broker("auth-a"), Broker("auth-b")
-        for br in (a, b):
-            ctx.mod.shared["broker-" + br.name] = br
-            br.start()
+        a, b = shared_brokers(ctx, Broker("auth-a"), Broker("auth-b"))
         # stopped in this order: data plane, brokers, control plane
         ctx.mod.shared["cp-mqauth"] = ctx.mod.shared.pop("cp-mqauth")
         e = ctx.mod.auth_env = Env(cp, d, a, b, certs)
