@@ -168,3 +168,30 @@ int cfg_state_encode(const struct cfg_state *st, void (*emit)(void *ud, char *bu
     emit(ud, buf, len);
     return 0;
 }
+
+#define PACER_FREE_NS 1000000ull    /* cheaper than 1 ms: never delayed */
+#define PACER_MAX_DELAY_MS 5000ull  /* bound, whatever one run cost */
+#define PACER_IDLE_RATIO 3ull       /* after a run, rest this many times its cost */
+
+uint64_t cfg_pacer_delay_ms(const struct cfg_pacer *p, uint64_t now_ns)
+{
+    if (p->runs == 0 || p->cost_ns < PACER_FREE_NS)
+        return 0;
+    uint64_t ready = p->ended_ns + PACER_IDLE_RATIO * p->cost_ns;
+    if (now_ns >= ready)
+        return 0;
+    uint64_t ms = (ready - now_ns + 999999ull) / 1000000ull;
+    return ms > PACER_MAX_DELAY_MS ? PACER_MAX_DELAY_MS : ms;
+}
+
+void cfg_pacer_start(struct cfg_pacer *p, uint64_t now_ns)
+{
+    p->started_ns = now_ns;
+}
+
+void cfg_pacer_done(struct cfg_pacer *p, uint64_t now_ns)
+{
+    p->cost_ns = now_ns > p->started_ns ? now_ns - p->started_ns : 0;
+    p->ended_ns = now_ns;
+    p->runs++;
+}

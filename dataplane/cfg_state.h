@@ -51,4 +51,29 @@ int cfg_state_load(struct cfg_state *st, const char *path, char *err, size_t err
 int cfg_state_encode(const struct cfg_state *st, void (*emit)(void *ud, char *buf, size_t len),
                      void *ud);
 
+/* Paces work that each configuration change calls for but whose cost grows
+ * with the configuration (a worker's snapshot compile, the master's health
+ * target update, the state file save). On a change the caller arms one
+ * timer with cfg_pacer_delay_ms() (unless it is already armed) and does the
+ * work once when it fires, covering every change received meanwhile, timed
+ * with cfg_pacer_start()/cfg_pacer_done().
+ *
+ * The delay keeps the work at no more than about a quarter of the
+ * process's time: it is 0 while the work is cheap (under 1 ms) or the last
+ * run ended at least three times as long ago as it took; otherwise the rest
+ * of that interval (at most 5 s). So one change applies at once, and a
+ * burst of changes folds into a few runs instead of one per change. All
+ * times are in nanoseconds from uv_hrtime(). */
+struct cfg_pacer {
+    uint64_t started_ns; /* the run in progress began */
+    uint64_t ended_ns;   /* the last run ended (0: never ran) */
+    uint64_t cost_ns;    /* what the last run took */
+    uint64_t runs;       /* runs so far */
+};
+
+/* Milliseconds to wait before the next run, at time now_ns. */
+uint64_t cfg_pacer_delay_ms(const struct cfg_pacer *p, uint64_t now_ns);
+void cfg_pacer_start(struct cfg_pacer *p, uint64_t now_ns);
+void cfg_pacer_done(struct cfg_pacer *p, uint64_t now_ns);
+
 #endif

@@ -529,14 +529,87 @@ struct health_checker *health_checker_start(uv_loop_t *loop, struct health_table
     return hc;
 }
 
+/* Whether any upstream, shared or inline in a route, service or stream
+ * route, has active checks: without any (and no target yet) an update has
+ * nothing to do and need not compile the configuration. */
+static bool any_active_checks(json_t *resources)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach(resources, k, v) {
+        const json_t *up = NULL;
+        if (strncmp(k, "/apisix/upstreams/", 18) == 0)
+            up = v;
+        else if (strncmp(k, "/apisix/routes/", 15) == 0 ||
+                 strncmp(k, "/apisix/services/", 17) == 0 ||
+                 strncmp(k, "/apisix/stream_routes/", 22) == 0)
+            up = json_object_get(v, "upstream");
+        if (up && json_is_object(json_object_get(json_object_get(up, "checks"), "active")))
+            return true;
+    }
+    return false;
+}
+
+/* The current targets by signature, to find an unchanged one in constant
+ * time (open addressing; a slot's target is taken at most once). */
+struct target_index {
+    struct target **slot;
+    bool *taken;
+    size_t mask;
+};
+
+static int target_index_build(struct target_index *ix, struct target *list)
+{
+    size_t n = 0, cap = 8;
+    for (struct target *t = list; t; t = t->next)
+        n++;
+    while (cap < 2 * n)
+        cap *= 2;
+    ix->slot = calloc(cap, sizeof(*ix->slot));
+    ix->taken = calloc(cap, sizeof(*ix->taken));
+    ix->mask = cap - 1;
+    if (!ix->slot || !ix->taken) {
+        free(ix->slot);
+        free(ix->taken);
+        return -1;
+    }
+    for (struct target *t = list; t; t = t->next) {
+        size_t i = (size_t)hash_key(t->sig) & ix->mask;
+        while (ix->slot[i])
+            i = (i + 1) & ix->mask;
+        ix->slot[i] = t;
+    }
+    return 0;
+}
+
+/* The first target not yet taken with this signature, taken; or NULL. */
+static struct target *target_index_take(struct target_index *ix, const char *sig)
+{
+    for (size_t i = (size_t)hash_key(sig) & ix->mask; ix->slot[i]; i = (i + 1) & ix->mask) {
+        if (!ix->taken[i] && strcmp(ix->slot[i]->sig, sig) == 0) {
+            ix->taken[i] = true;
+            return ix->slot[i];
+        }
+    }
+    return NULL;
+}
+
 void health_checker_update(struct health_checker *hc, json_t *resources)
 {
     if (!hc || hc->stopping)
         return;
+    if (!hc->targets && !any_active_checks(resources))
+        return;
+    struct target_index ix;
+    if (target_index_build(&ix, hc->targets) < 0)
+        return;
     /* The snapshot compiler names upstreams the way workers will see them. */
     struct snapshot *s = snapshot_build(resources, 0);
-    if (!s)
+    if (!s) {
+        free(ix.slot);
+        free(ix.taken);
         return;
+    }
     struct target *fresh = NULL;
     int started = 0;
     for (size_t u = 0; u < s->nupstreams; u++) {
@@ -555,14 +628,7 @@ void health_checker_update(struct health_checker *hc, json_t *resources)
                 continue;
             }
             /* Keep an unchanged target (its counters and timer). */
-            struct target *t = NULL;
-            for (struct target **pp = &hc->targets; *pp; pp = &(*pp)->next) {
-                if (strcmp((*pp)->sig, sig) == 0) {
-                    t = *pp;
-                    *pp = t->next;
-                    break;
-                }
-            }
+            struct target *t = target_index_take(&ix, sig);
             if (!t) {
                 t = target_new(hc, key, sig, node, active);
                 if (!t)
@@ -576,11 +642,12 @@ void health_checker_update(struct health_checker *hc, json_t *resources)
         free(asig);
     }
     snapshot_unref(s);
-    /* What is left in the old list is no longer configured. */
-    for (struct target *t = hc->targets, *next; t; t = next) {
-        next = t->next;
-        target_remove(t);
-    }
+    /* What was not taken from the old list is no longer configured. */
+    for (size_t i = 0; i <= ix.mask; i++)
+        if (ix.slot[i] && !ix.taken[i])
+            target_remove(ix.slot[i]);
+    free(ix.slot);
+    free(ix.taken);
     hc->targets = fresh;
     if (started)
         log_info("health: checking %d new node(s)", started);

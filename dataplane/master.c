@@ -92,6 +92,9 @@ struct master {
     struct slot slots[MAX_SLOTS];
     int nslots;
     uv_timer_t save_timer;     /* debounced state save */
+    struct cfg_pacer save_pacer; /* its cost sets the debounce (cfg_state.h) */
+    uv_timer_t health_timer;   /* armed: changes wait for a health target update */
+    struct cfg_pacer health_pacer; /* how often that update may run */
     uv_timer_t drain_timer;    /* bound on a stop */
     uv_signal_t sig_term, sig_int, sig_hup;
     struct metrics *metrics;   /* shared with workers; NULL when unavailable */
@@ -270,10 +273,24 @@ static void on_save_timer(uv_timer_t *t)
 {
     struct master *m = t->data;
     char err[512];
+    cfg_pacer_start(&m->save_pacer, uv_hrtime());
     if (cfg_state_save(&m->st, m->state_path, err, sizeof(err)) < 0)
         log_error("cannot save the configuration: %s", err);
+    cfg_pacer_done(&m->save_pacer, uv_hrtime());
 }
 
+static void on_health_timer(uv_timer_t *t)
+{
+    struct master *m = t->data;
+    cfg_pacer_start(&m->health_pacer, uv_hrtime());
+    health_checker_update(m->hc, m->st.res);
+    cfg_pacer_done(&m->health_pacer, uv_hrtime());
+}
+
+/* Workers get every change at once (they pace their own compiles); what
+ * costs the size of the configuration here runs once for many changes: the
+ * health targets (at once while that is cheap, see cfg_state.h) and the
+ * state file (at least 50 ms after the first unsaved change). */
 static void on_config_change(void *ud, bool snapshot, const struct cfgs_msg *msg)
 {
     struct master *m = ud;
@@ -283,10 +300,16 @@ static void on_config_change(void *ud, bool snapshot, const struct cfgs_msg *msg
     } else {
         broadcast_change(m, msg);
     }
-    health_checker_update(m->hc, m->st.res);
-    /* Debounced: a burst of changes is one write of the file. */
-    if (!uv_is_active((uv_handle_t *)&m->save_timer))
-        uv_timer_start(&m->save_timer, on_save_timer, 50, 0);
+    if (m->stopping)
+        return;
+    uint64_t now = uv_hrtime();
+    if (!uv_is_active((uv_handle_t *)&m->health_timer))
+        uv_timer_start(&m->health_timer, on_health_timer,
+                       cfg_pacer_delay_ms(&m->health_pacer, now), 0);
+    if (!uv_is_active((uv_handle_t *)&m->save_timer)) {
+        uint64_t d = cfg_pacer_delay_ms(&m->save_pacer, now);
+        uv_timer_start(&m->save_timer, on_save_timer, d > 50 ? d : 50, 0);
+    }
 }
 
 /* ---- standalone ---- */
@@ -838,6 +861,8 @@ static void master_finish(struct master *m)
     }
     metrics_server_stop(m->ms);
     m->ms = NULL;
+    uv_timer_stop(&m->health_timer);
+    uv_close((uv_handle_t *)&m->health_timer, NULL);
     health_checker_stop(m->hc);
     m->hc = NULL;
     if (m->file_poll_on) {
@@ -939,6 +964,8 @@ int master_main(int argc, char **argv)
     m->save_timer.data = m;
     uv_timer_init(&m->loop, &m->drain_timer);
     m->drain_timer.data = m;
+    uv_timer_init(&m->loop, &m->health_timer);
+    m->health_timer.data = m;
     uv_signal_init(&m->loop, &m->sig_term);
     uv_signal_init(&m->loop, &m->sig_int);
     uv_signal_init(&m->loop, &m->sig_hup);

@@ -128,12 +128,78 @@ static struct upstream_rt *upstream_build(const char *id, json_t *conf)
     return up;
 }
 
+/* Arrays of a snapshot grow by doubling (to 4, 8, 16, ... when n is 0 or
+ * a power of two), so n appends cost O(n) in all. Returns the array with
+ * room for item n: a itself, or a larger copy; NULL when out of memory (a
+ * is kept). */
+static void *grow(void *a, size_t n, size_t size)
+{
+    if (n != 0 && (n < 4 || (n & (n - 1)) != 0))
+        return a;
+    return realloc(a, (n ? 2 * n : 4) * size);
+}
+
+/* Upstreams by id while a snapshot is compiled, so that resolving every
+ * route's upstream_id is not a scan of every upstream (open addressing,
+ * FNV-1a; the first upstream registered under an id wins, as a scan in
+ * registration order would). Compiling happens on one thread per process. */
+static struct {
+    struct upstream_rt **slot;
+    size_t mask, n;
+} up_index;
+
+static uint64_t id_hash(const char *k)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *k; k++)
+        h = (h ^ (unsigned char)*k) * 1099511628211ull;
+    return h;
+}
+
+static void up_index_put(struct upstream_rt **slot, size_t mask, struct upstream_rt *up)
+{
+    size_t i = (size_t)id_hash(up->id) & mask;
+    while (slot[i]) {
+        if (strcmp(slot[i]->id, up->id) == 0)
+            return; /* the first one stays */
+        i = (i + 1) & mask;
+    }
+    slot[i] = up;
+}
+
+static int up_index_add(struct upstream_rt *up)
+{
+    if (2 * (up_index.n + 1) > up_index.mask + 1) {
+        size_t cap = up_index.slot ? 2 * (up_index.mask + 1) : 64;
+        struct upstream_rt **ns = calloc(cap, sizeof(*ns));
+        if (!ns)
+            return -ENOMEM;
+        for (size_t i = 0; up_index.slot && i <= up_index.mask; i++)
+            if (up_index.slot[i])
+                up_index_put(ns, cap - 1, up_index.slot[i]);
+        free(up_index.slot);
+        up_index.slot = ns;
+        up_index.mask = cap - 1;
+    }
+    up_index_put(up_index.slot, up_index.mask, up);
+    up_index.n++;
+    return 0;
+}
+
+static void up_index_clear(void)
+{
+    free(up_index.slot);
+    memset(&up_index, 0, sizeof(up_index));
+}
+
 static int add_upstream(struct snapshot *s, struct upstream_rt *up)
 {
-    struct upstream_rt **a = realloc(s->upstreams, (s->nupstreams + 1) * sizeof(*a));
+    struct upstream_rt **a = grow(s->upstreams, s->nupstreams, sizeof(*a));
     if (!a)
         return -ENOMEM;
     s->upstreams = a;
+    if (up_index_add(up) < 0)
+        return -ENOMEM;
     a[s->nupstreams++] = up;
     return 0;
 }
@@ -173,9 +239,13 @@ static struct upstream_rt *route_upstream(struct snapshot *s, const json_t *m, c
 
 static struct upstream_rt *find_upstream(const struct snapshot *s, const char *id)
 {
-    for (size_t i = 0; i < s->nupstreams; i++)
-        if (strcmp(s->upstreams[i]->id, id) == 0)
-            return s->upstreams[i];
+    (void)s; /* up_index holds s's upstreams while s is compiled */
+    if (!up_index.slot)
+        return NULL;
+    for (size_t i = (size_t)id_hash(id) & up_index.mask; up_index.slot[i];
+         i = (i + 1) & up_index.mask)
+        if (strcmp(up_index.slot[i]->id, id) == 0)
+            return up_index.slot[i];
     return NULL;
 }
 
@@ -303,7 +373,7 @@ static int compile_route(struct snapshot *s, const char *rid, const json_t *rout
         route_free(r);
         return rc == -ENOMEM ? rc : 0;
     }
-    struct route_rt **a = realloc(s->routes, (s->nroutes + 1) * sizeof(*a));
+    struct route_rt **a = grow(s->routes, s->nroutes, sizeof(*a));
     if (!a) {
         route_free(r);
         return -ENOMEM;
@@ -382,7 +452,7 @@ static int compile_stream_route(struct snapshot *s, const char *rid, const json_
         r->up->scheme = r->up->scheme == UP_HTTP ? UP_TCP : UP_TLS;
     if (plugin_env())
         r->chain = plugin_chain_build(json_object_get(m, "plugins"), upid, true);
-    struct stream_route_rt **a = realloc(s->sroutes, (s->nsroutes + 1) * sizeof(*a));
+    struct stream_route_rt **a = grow(s->sroutes, s->nsroutes, sizeof(*a));
     if (!a) {
         sroute_free(r);
         return -ENOMEM;
@@ -662,8 +732,10 @@ struct snapshot *snapshot_build(json_t *resources, int64_t revision)
         goto fail;
     if (router_build(s->router) < 0)
         goto fail;
+    up_index_clear();
     return s;
 fail:
+    up_index_clear();
     log_error("out of memory compiling revision %lld", (long long)revision);
     snapshot_unref(s);
     return NULL;

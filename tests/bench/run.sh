@@ -23,6 +23,9 @@ done
 echo
 python3 tests/bench/bench_etcd.py --build-dir build --changes 200 --writes 1000 --rounds 3
 echo
+python3 tests/bench/bench_config_burst.py --build-dir build --upstreams 2000 --routes 2000 \
+    --rounds 3
+echo
 echo "### Route matching (ns per match, median of 5 rounds of 1,000,000)"
 echo
 echo '```'

@@ -123,6 +123,57 @@ static void test_shared_upstream_is_one_balancer(void)
     snapshot_unref(s);
 }
 
+/* Many upstreams and routes (the index that resolves upstream_id, arrays
+ * that grow while compiling): every route gets the upstream it names, an
+ * inline upstream is its route's own, a missing id gives no upstream. */
+static void test_many_routes_resolve_their_upstreams(void)
+{
+    enum { N = 3000 };
+    json_t *r = json_object();
+    char key[64], node[32], id[32];
+    for (int i = 0; i < N; i++) {
+        snprintf(key, sizeof(key), "/apisix/upstreams/u%d", i);
+        snprintf(node, sizeof(node), "127.0.0.1:%d", 1000 + i);
+        json_object_set_new(r, key, json_pack("{s:s, s:{s:i}}", "type", "roundrobin", "nodes",
+                                              node, 1));
+    }
+    for (int i = 0; i < N; i++) {
+        snprintf(key, sizeof(key), "/apisix/routes/r%d", i);
+        snprintf(node, sizeof(node), "/r%d", i);
+        snprintf(id, sizeof(id), "u%d", N - 1 - i);
+        json_object_set_new(r, key, json_pack("{s:s, s:s}", "uri", node, "upstream_id", id));
+    }
+    json_object_set_new(r, "/apisix/routes/inline",
+                        json_pack("{s:s, s:{s:{s:i}}}", "uri", "/inline", "upstream", "nodes",
+                                  "127.0.0.1:9", 1));
+    json_object_set_new(r, "/apisix/routes/missing",
+                        json_pack("{s:s, s:s}", "uri", "/missing", "upstream_id", "nope"));
+    struct snapshot *s = snapshot_build(r, 7);
+    json_decref(r);
+    REQUIRE(s);
+    CHECK(s->nroutes == N + 2);
+    CHECK(s->nupstreams == N + 1);
+    int wrong = 0;
+    for (int i = 0; i < N; i++) {
+        char path[32];
+        snprintf(path, sizeof(path), "/r%d", i);
+        const struct route_rt *rt = match(s, "GET", NULL, path, novars);
+        struct upstream_node n;
+        snprintf(id, sizeof(id), "u%d", N - 1 - i);
+        if (!rt || !rt->up || strcmp(rt->up->id, id) != 0 ||
+            upstream_pick(rt->up, NULL, 0, NULL, &n) != 0 || n.port != 1000 + N - 1 - i)
+            wrong++;
+    }
+    CHECK(wrong == 0);
+    const struct route_rt *in = match(s, "GET", NULL, "/inline", novars);
+    REQUIRE(in && in->up);
+    CHECK_STREQ(in->up->id, "route/inline");
+    const struct route_rt *mi = match(s, "GET", NULL, "/missing", novars);
+    REQUIRE(mi);
+    CHECK(mi->up == NULL);
+    snapshot_unref(s);
+}
+
 static void test_timeouts_route_over_upstream_over_default(void)
 {
     json_t *r = res("{"
@@ -445,6 +496,7 @@ int main(void)
     RUN(test_route_plugins_merge_over_service_and_plugin_config);
     RUN(test_route_fields_win_over_service);
     RUN(test_shared_upstream_is_one_balancer);
+    RUN(test_many_routes_resolve_their_upstreams);
     RUN(test_timeouts_route_over_upstream_over_default);
     RUN(test_chash_keys);
     RUN(test_bad_resources_are_skipped_not_fatal);
