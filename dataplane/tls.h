@@ -87,6 +87,13 @@
  *
  * Everything here runs on one thread (a worker's loop): stores and
  * connections are not thread-safe.
+ *
+ * Linking: unit tests and fuzz targets link tls.c (and tls_tickets.c).
+ * airgw-dataplane links tls_loader.c instead, which loads tls.c and
+ * BoringSSL as a module (airgw-tls.so) on the first tls_ctx_store_build;
+ * before that, no object of this API exists and every other entry point
+ * returns its "nothing" value. The ticket key ring (tls_ticket_keys_*,
+ * tls_tickets.c) needs no BoringSSL and is always linked in.
  */
 #ifndef AIRGW_DP_TLS_H
 #define AIRGW_DP_TLS_H
