@@ -300,10 +300,8 @@ static void on_config_change(void *ud, bool snapshot, const struct cfgs_msg *msg
     } else {
         broadcast_change(m, msg);
     }
-    if (m->stopping)
-        return;
     uint64_t now = uv_hrtime();
-    if (!uv_is_active((uv_handle_t *)&m->health_timer))
+    if (!m->stopping && !uv_is_active((uv_handle_t *)&m->health_timer))
         uv_timer_start(&m->health_timer, on_health_timer,
                        cfg_pacer_delay_ms(&m->health_pacer, now), 0);
     if (!uv_is_active((uv_handle_t *)&m->save_timer)) {

@@ -142,8 +142,9 @@ static void *grow(void *a, size_t n, size_t size)
 /* Upstreams by id while a snapshot is compiled, so that resolving every
  * route's upstream_id is not a scan of every upstream (open addressing,
  * FNV-1a; the first upstream registered under an id wins, as a scan in
- * registration order would). Compiling happens on one thread per process. */
-static struct {
+ * registration order would). Per thread: compiles on different threads do
+ * not share it. */
+static _Thread_local struct {
     struct upstream_rt **slot;
     size_t mask, n;
 } up_index;
