@@ -266,6 +266,9 @@ static const BIO_METHOD tls_bio_method = {
     .destroy = bio_destroy,
 };
 
+/* What the loader checks before it uses this code as a module. */
+const char tls_module_abi[] = TLS_MODULE_ABI;
+
 /* ---- session ticket keys (the ring itself: tls_tickets.c) ---- */
 
 /* The ring the server contexts of this process use (tls_use_ticket_keys). */

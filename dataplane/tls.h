@@ -104,6 +104,12 @@
 #include <stdint.h>
 #include <uv.h>
 
+/* The module's interface: bumped when a tls.h entry point or a structure
+ * that crosses the boundary (struct tls_ticket_keys) changes. The loader
+ * refuses a module of another version or interface, as after an upgrade on
+ * disk under a running master whose new workers still run the old program. */
+#define TLS_MODULE_ABI "airgw-tls 1 " AIRGW_VERSION
+
 /* ALPN protocol lists in wire format (length-prefixed names). */
 #define TLS_ALPN_HTTP1 "\x08http/1.1"
 

@@ -156,6 +156,14 @@ static int load(void)
                   TLS_MODULE_NAME, AIRGW_TLS_MODULE_DIR);
         return -ENOENT;
     }
+    const char *abi = dlsym(h, "tls_module_abi");
+    if (!abi || strcmp(abi, TLS_MODULE_ABI) != 0) {
+        log_error("TLS module %s is \"%s\", this program needs \"%s\" (restart the data plane "
+                  "after an upgrade)",
+                  where, abi ? abi : "unversioned", TLS_MODULE_ABI);
+        dlclose(h);
+        return -ENOENT;
+    }
     bool ok = (*(void **)&mod.build = dlsym(h, "tls_ctx_store_build")) != NULL &&
               (*(void **)&mod.use_keys = dlsym(h, "tls_use_ticket_keys")) != NULL;
 #define X(ret, name, params, args, none) ok = ok && (*(void **)&mod.name = dlsym(h, #name)) != NULL;

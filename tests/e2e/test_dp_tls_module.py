@@ -1,7 +1,8 @@
 """The data plane's TLS layer is a module (airgw-tls.so) loaded on first TLS
 use: a worker that has not spoken TLS has no BoringSSL mapped, the one that
 served an HTTPS connection has; without the module, HTTPS is refused with a
-clear log line and plain HTTP still works. What is mapped is read from
+clear log line and plain HTTP still works; so does a file that is not this
+build's module. What is mapped is read from
 /proc/PID/maps of the real processes."""
 
 import os
@@ -80,5 +81,28 @@ def test_missing_module_refuses_tls_only(ctx):
     if not wait_until(lambda: "TLS is not available" in d.stderr(), T(5)):
         raise Fail("no log line about the missing module: %s" % d.stderr()[-800:])
     check("AIRGW_TLS_MODULE" in d.stderr(), "the log line says how to point at the module")
+    eq(d.get("/%s/plain" % t).status, 200, "plain HTTP still served")
+    d.stop()
+
+
+def test_wrong_module_refused(ctx):
+    """A shared object that is not this build's module (here BoringSSL's own
+    libssl) is refused by its interface string, not called into."""
+    env = base.env_of(ctx)
+    base.put_ssl(env, ctx, "mod-c", "a", ["a.example.com"])
+    t = uid("wrongmod")
+    base.route(env, t)
+    port = free_port()
+    d = new_dp(ctx, env.cp, name="wrongmod", workers=1,
+               args=["--https-listen", "127.0.0.1:%d" % port],
+               env={"AIRGW_TLS_MODULE": "/usr/lib/x86_64-linux-gnu/android/libssl.so.0"})
+    wait_serving(d, "/%s/plain" % t)
+    try:
+        data = https_get(env, ctx, port, "/%s/tls" % t)
+        raise Fail("HTTPS served with a foreign module: %r" % data[:80])
+    except (ssl.SSLError, OSError):
+        pass
+    if not wait_until(lambda: "is \"unversioned\"" in d.stderr(), T(5)):
+        raise Fail("no log line refusing the module: %s" % d.stderr()[-800:])
     eq(d.get("/%s/plain" % t).status, 200, "plain HTTP still served")
     d.stop()
