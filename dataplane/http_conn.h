@@ -469,6 +469,9 @@ void hp_scratch_free(struct hp_req *r);
 
 /* route_query.var for a request. */
 const char *hp_req_var(void *ud, const char *name, size_t *len);
+/* What on_request_info and the plugins' log phase see of a request (with
+ * this status; latency up to now, a uv_hrtime). */
+void hp_req_info(struct hp_req *r, int status, uint64_t now, struct http_request_info *out);
 
 const char *hp_status_reason(int status);
 /* Formats a complete local response (head and body) into a malloc'd buffer;

@@ -730,20 +730,5 @@ void hp_plugin_body_done(struct hp_req *r)
 void plugin_req_info(struct plugin_req *pr, struct http_request_info *out)
 {
     struct hp_req *r = pr->r;
-    *out = (struct http_request_info){
-        .route = r->route,
-        .status = pr->status ? pr->status : r->status,
-        .latency_us = (uv_hrtime() - r->t_start) / 1000,
-        .upstream_latency_us = r->t_up_head ? (r->t_up_head - r->t_up_start) / 1000 : 0,
-        .bytes_in = r->bytes_in,
-        .bytes_out = r->bytes_out,
-        .method = r->method,
-        .host = r->host ? hp_req_var(r, "host", NULL) : NULL,
-        .uri = r->path,
-        .node_host = r->attempts ? r->node.host : NULL,
-        .node_port = r->attempts ? r->node.port : 0,
-        .upstream_status = r->up_last,
-        .matched_uri = r->route ? r->matched_uri : NULL,
-        .matched_host = r->route ? r->matched_host : NULL,
-    };
+    hp_req_info(r, pr->status ? pr->status : r->status, uv_hrtime(), out);
 }

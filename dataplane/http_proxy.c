@@ -282,6 +282,26 @@ static struct hp_req *req_new(struct hp_client *c)
     return r;
 }
 
+void hp_req_info(struct hp_req *r, int status, uint64_t now, struct http_request_info *out)
+{
+    *out = (struct http_request_info){
+        .route = r->route,
+        .status = status,
+        .latency_us = (now - r->t_start) / 1000,
+        .upstream_latency_us = r->t_up_head ? (r->t_up_head - r->t_up_start) / 1000 : 0,
+        .bytes_in = r->bytes_in,
+        .bytes_out = r->bytes_out,
+        .method = r->method,
+        .host = r->host ? hp_req_var(r, "host", NULL) : NULL,
+        .uri = r->path,
+        .node_host = r->attempts ? r->node.host : NULL,
+        .node_port = r->attempts ? r->node.port : 0,
+        .upstream_status = r->up_last,
+        .matched_uri = r->route ? r->matched_uri : NULL,
+        .matched_host = r->route ? r->matched_host : NULL,
+    };
+}
+
 /* Logs and reports a request, drops its references and frees it. Never
  * called from inside one of its parser callbacks. */
 static void req_finish(struct hp_client *c)
@@ -304,22 +324,8 @@ static void req_finish(struct hp_client *c)
             p->o.on_request_done(p->o.hook_ud, r->route, r->status, lat, ulat, r->bytes_in,
                                  r->bytes_out);
         if (p->o.on_request_info) {
-            struct http_request_info info = {
-                .route = r->route,
-                .status = r->status,
-                .latency_us = lat,
-                .upstream_latency_us = ulat,
-                .bytes_in = r->bytes_in,
-                .bytes_out = r->bytes_out,
-                .method = r->method,
-                .host = r->host ? hp_req_var(r, "host", NULL) : NULL,
-                .uri = r->path,
-                .node_host = r->attempts ? r->node.host : NULL,
-                .node_port = r->attempts ? r->node.port : 0,
-                .upstream_status = r->up_last,
-                .matched_uri = r->route ? r->matched_uri : NULL,
-                .matched_host = r->route ? r->matched_host : NULL,
-            };
+            struct http_request_info info;
+            hp_req_info(r, r->status, now, &info);
             p->o.on_request_info(p->o.hook_ud, &info);
         }
         hp_access_log(p, r);

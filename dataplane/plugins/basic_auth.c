@@ -22,12 +22,14 @@
  * State: none beyond the flag; no per-request data.
  */
 #include "plugin.h"
+#include "plugin_common.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
+#include "base64.h"
 #include "log.h"
 
 #define BASIC_AUTH_MAX 4096 /* longest Authorization value we decode */
@@ -55,51 +57,6 @@ static void basic_auth_destroy(void *state)
     free(state);
 }
 
-static int b64val(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
-
-/*
- * Decodes standard base64 (RFC 4648 section 4; '=' padding optional, as
- * many clients omit it). out needs len / 4 * 3 + 3 bytes. Returns the
- * decoded length, or -1 on a character outside the alphabet, misplaced
- * padding or a dangling 6-bit group.
- */
-static long basic_auth_b64decode(const char *in, size_t len, unsigned char *out)
-{
-    while (len > 0 && in[len - 1] == '=')
-        len--;
-    if (len % 4 == 1)
-        return -1;
-    size_t o = 0;
-    unsigned acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < len; i++) {
-        int v = b64val((unsigned char)in[i]);
-        if (v < 0)
-            return -1;
-        acc = (acc << 6) | (unsigned)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[o++] = (unsigned char)(acc >> bits);
-            acc &= (1u << bits) - 1;
-        }
-    }
-    return (long)o;
-}
-
 /*
  * Splits an Authorization value "Basic <b64>" into user and password
  * (NUL-terminated, inside buf of BASIC_AUTH_MAX bytes). 0, or -1 when the
@@ -117,9 +74,10 @@ static int basic_auth_parse(const char *v, size_t len, char *buf, const char **u
         v++, len--;
     while (len > 0 && (v[len - 1] == ' ' || v[len - 1] == '\t'))
         len--;
-    if (len == 0 || len / 4 * 3 + 3 >= BASIC_AUTH_MAX)
+    /* '=' padding is optional, as many clients omit it (RFC 4648 s. 4). */
+    if (len == 0 || BASE64_DECODED_MAX(len) >= BASIC_AUTH_MAX)
         return -1;
-    long n = basic_auth_b64decode(v, len, (unsigned char *)buf);
+    long n = base64_decode(v, len, (unsigned char *)buf, BASE64_STRICT);
     if (n < 0)
         return -1;
     buf[n] = '\0';
@@ -175,22 +133,8 @@ static int basic_auth_rewrite(struct plugin_req *r, void *state, void **data)
     if (!c || !stored || !ok)
         return basic_auth_deny(r, "Invalid user authorization");
 
-    if (b->hide_credentials) {
-        int rc = plugin_req_header_set(r, "Authorization", NULL);
-        if (rc < 0) {
-            log_error("basic-auth: cannot hide the credentials: %s", strerror(-rc));
-            plugin_respond_message(r, 500, "internal error");
-            return PLUGIN_STOP;
-        }
-    }
-    /* As APISIX 3.x's attach_consumer: the upstream learns who called,
-     * and a client cannot pose as another consumer by sending it. */
-    if (plugin_req_header_set(r, "X-Consumer-Username", c->username) < 0) {
-        plugin_respond_message(r, 500, "internal error");
-        return PLUGIN_STOP;
-    }
-    plugin_req_set_consumer(r, c);
-    return PLUGIN_CONTINUE;
+    int rc = b->hide_credentials ? plugin_req_header_set(r, "Authorization", NULL) : 0;
+    return auth_accept_consumer(r, c, "basic-auth", rc);
 }
 
 const struct plugin_def plugin_def_basic_auth = {

@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "plugin.h"
+#include "plugin_common.h"
 
 #define CORS_MAX_REGEX 32
 
@@ -88,13 +89,8 @@ static int cors_create(const struct plugin_create_args *a, void **state, char *e
         const char *pat = json_string_value(v);
         if (!pat || c->nre >= CORS_MAX_REGEX)
             continue;
-        int ec;
-        PCRE2_SIZE eo;
-        pcre2_code *re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED, 0, &ec, &eo, NULL);
+        pcre2_code *re = plugin_regex_compile(pat, "allow_origins_by_regex", err, errlen);
         if (!re) {
-            char m[128];
-            pcre2_get_error_message(ec, (PCRE2_UCHAR *)m, sizeof(m));
-            snprintf(err, errlen, "allow_origins_by_regex %s: %s", pat, m);
             cors_free(c);
             return -1;
         }

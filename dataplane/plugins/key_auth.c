@@ -20,6 +20,7 @@
  * lives as long as the instance. No per-request data.
  */
 #include "plugin.h"
+#include "plugin_common.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -127,23 +128,11 @@ static int key_auth_rewrite(struct plugin_req *r, void *state, void **data)
         return PLUGIN_STOP;
     }
 
-    if (k->hide_credentials) {
-        int rc = from_header ? plugin_req_header_set(r, k->header, NULL)
-                             : plugin_req_arg_remove(r, k->query);
-        if (rc < 0) {
-            log_error("key-auth: cannot hide the credentials: %s", strerror(-rc));
-            plugin_respond_message(r, 500, "internal error");
-            return PLUGIN_STOP;
-        }
-    }
-    /* As APISIX 3.x's attach_consumer: the upstream learns who called,
-     * and a client cannot pose as another consumer by sending it. */
-    if (plugin_req_header_set(r, "X-Consumer-Username", c->username) < 0) {
-        plugin_respond_message(r, 500, "internal error");
-        return PLUGIN_STOP;
-    }
-    plugin_req_set_consumer(r, c);
-    return PLUGIN_CONTINUE;
+    int rc = 0;
+    if (k->hide_credentials)
+        rc = from_header ? plugin_req_header_set(r, k->header, NULL)
+                         : plugin_req_arg_remove(r, k->query);
+    return auth_accept_consumer(r, c, "key-auth", rc);
 }
 
 const struct plugin_def plugin_def_key_auth = {

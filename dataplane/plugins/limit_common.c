@@ -321,3 +321,31 @@ void limit_check_policy(const json_t *conf, const char *plugin, const char *owne
                  "(policy local)",
                  owner, plugin, p);
 }
+
+int limit_conf_parse(const json_t *conf, const char *plugin, const char *owner, const char *group,
+                     const char *def_key, struct limit_conf *lc, char *err, size_t errlen)
+{
+    json_t *code = json_object_get(conf, "rejected_code");
+    lc->rejected_code = code ? (int)json_integer_value(code) : 503;
+    const char *msg = json_string_value(json_object_get(conf, "rejected_msg"));
+    lc->rejected_msg = msg ? strdup(msg) : NULL;
+    lc->allow_degradation = json_is_true(json_object_get(conf, "allow_degradation"));
+    lc->owner = limit_owner(conf, owner, group);
+    if (limit_key_parse(conf, def_key, &lc->key, err, errlen) < 0 || !lc->owner ||
+        (msg && !lc->rejected_msg)) {
+        if (!err[0])
+            snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    limit_check_policy(conf, plugin, owner);
+    return 0;
+}
+
+void limit_conf_free(struct limit_conf *lc)
+{
+    limit_key_free(&lc->key);
+    free(lc->owner);
+    lc->owner = NULL;
+    free(lc->rejected_msg);
+    lc->rejected_msg = NULL;
+}

@@ -66,4 +66,21 @@ void limit_warn_full(const char *plugin);
  * in the node's shared memory instead. */
 void limit_check_policy(const json_t *conf, const char *plugin, const char *owner);
 
+/* What the three plugins' configurations share. */
+struct limit_conf {
+    struct limit_key key;   /* key, key_type */
+    char *owner;            /* the counters' owner (limit_owner) */
+    int rejected_code;      /* default 503 */
+    char *rejected_msg;     /* or NULL */
+    bool allow_degradation; /* let requests through when the limiter fails */
+};
+
+/* Reads rejected_code, rejected_msg, allow_degradation, the owner (of
+ * owner and group, see limit_owner) and the key (default def_key, see
+ * limit_key_parse), then checks policy for plugin. 0, or -1 with err
+ * (free what was read with limit_conf_free). */
+int limit_conf_parse(const json_t *conf, const char *plugin, const char *owner, const char *group,
+                     const char *def_key, struct limit_conf *lc, char *err, size_t errlen);
+void limit_conf_free(struct limit_conf *lc);
+
 #endif

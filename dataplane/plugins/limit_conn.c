@@ -28,15 +28,11 @@
 #include "limit_common.h"
 
 struct limit_conn {
-    uint64_t conn;          /* concurrent requests admitted without delay */
-    uint64_t burst;         /* more admitted with a delay */
-    double unit_delay;      /* seconds; default_conn_delay, then adapted */
-    bool only_default;      /* only_use_default_delay */
-    struct limit_key key;   /* key, key_type */
-    char *owner;            /* the counters' owner (limit_owner) */
-    int rejected_code;      /* default 503 */
-    char *rejected_msg;     /* or NULL */
-    bool allow_degradation; /* let requests through when the limiter fails */
+    uint64_t conn;         /* concurrent requests admitted without delay */
+    uint64_t burst;        /* more admitted with a delay */
+    double unit_delay;     /* seconds; default_conn_delay, then adapted */
+    bool only_default;     /* only_use_default_delay */
+    struct limit_conf lim; /* key, owner, rejected_code/_msg, allow_degradation */
 };
 
 struct wait;
@@ -60,9 +56,7 @@ static void lcn_destroy(void *state)
     struct limit_conn *lc = state;
     if (!lc)
         return;
-    limit_key_free(&lc->key);
-    free(lc->owner);
-    free(lc->rejected_msg);
+    limit_conf_free(&lc->lim);
     free(lc);
 }
 
@@ -87,20 +81,10 @@ static int lcn_create(const struct plugin_create_args *a, void **state, char *er
     lc->burst = (uint64_t)burst;
     lc->unit_delay = delay;
     lc->only_default = json_is_true(json_object_get(c, "only_use_default_delay"));
-    json_t *code = json_object_get(c, "rejected_code");
-    lc->rejected_code = code ? (int)json_integer_value(code) : 503;
-    const char *msg = json_string_value(json_object_get(c, "rejected_msg"));
-    lc->rejected_msg = msg ? strdup(msg) : NULL;
-    lc->allow_degradation = json_is_true(json_object_get(c, "allow_degradation"));
-    lc->owner = limit_owner(c, a->owner, NULL);
-    if (limit_key_parse(c, NULL, &lc->key, err, errlen) < 0 || !lc->owner ||
-        (msg && !lc->rejected_msg)) {
-        if (!err[0])
-            snprintf(err, errlen, "out of memory");
+    if (limit_conf_parse(c, "limit-conn", a->owner, NULL, NULL, &lc->lim, err, errlen) < 0) {
         lcn_destroy(lc);
         return -1;
     }
-    limit_check_policy(c, "limit-conn", a->owner);
     *state = lc;
     return 0;
 }
@@ -112,7 +96,7 @@ static int take(struct limit_conn *lc, const char *key, size_t klen, uint64_t *h
     struct shm_limits *t = limit_table();
     if (!t)
         return -1;
-    uint64_t k = shm_limits_key(SHM_LIMITS_CONN, lc->owner, "limit-conn", key, klen);
+    uint64_t k = shm_limits_key(SHM_LIMITS_CONN, lc->lim.owner, "limit-conn", key, klen);
     bool ok;
     struct shm_limits_hold h;
     int rc = shm_limits_conn_acquire(t, k, limit_worker(), lc->conn + lc->burst, shm_limits_now(t),
@@ -169,18 +153,18 @@ static int lcn_access(struct plugin_req *r, void *state, void **data)
 {
     struct limit_conn *lc = state;
     char key[LIMIT_KEY_MAX];
-    size_t klen = limit_key_req(&lc->key, r, key, sizeof(key));
+    size_t klen = limit_key_req(&lc->lim.key, r, key, sizeof(key));
     uint64_t held = 0;
     struct conn_req *cr = NULL;
     int rc = take(lc, key, klen, &held, &cr);
     if (rc < 0) {
-        if (lc->allow_degradation)
+        if (lc->lim.allow_degradation)
             return PLUGIN_CONTINUE;
         limit_reject(r, 500, "failed to limit conn");
         return PLUGIN_STOP;
     }
     if (rc == 0) {
-        limit_reject(r, lc->rejected_code, lc->rejected_msg);
+        limit_reject(r, lc->lim.rejected_code, lc->lim.rejected_msg);
         return PLUGIN_STOP;
     }
     *data = cr;
@@ -231,7 +215,7 @@ static int lcn_preread(struct plugin_stream *s, void *state, void **data)
 {
     struct limit_conn *lc = state;
     char key[LIMIT_KEY_MAX];
-    size_t klen = limit_key_stream(&lc->key, s, key, sizeof(key));
+    size_t klen = limit_key_stream(&lc->lim.key, s, key, sizeof(key));
     uint64_t held = 0;
     struct conn_req *cr = NULL;
     int rc = take(lc, key, klen, &held, &cr);
@@ -239,7 +223,7 @@ static int lcn_preread(struct plugin_stream *s, void *state, void **data)
         *data = cr;
         return PLUGIN_CONTINUE;
     }
-    if (rc < 0 && lc->allow_degradation)
+    if (rc < 0 && lc->lim.allow_degradation)
         return PLUGIN_CONTINUE;
     plugin_stream_deny(s, MQTT_REFUSE_UNAVAILABLE);
     return PLUGIN_STOP;

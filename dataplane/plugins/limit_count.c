@@ -27,15 +27,11 @@
 #include "limit_common.h"
 
 struct limit_count {
-    uint64_t count;         /* requests per window */
-    uint64_t window_ms;     /* time_window */
-    bool sliding;           /* window_type "sliding" */
-    struct limit_key key;   /* key, key_type */
-    char *owner;            /* the counters' owner (limit_owner) */
-    int rejected_code;      /* default 503 */
-    char *rejected_msg;     /* or NULL */
-    bool show_headers;      /* show_limit_quota_header */
-    bool allow_degradation; /* let requests through when the limiter fails */
+    uint64_t count;        /* requests per window */
+    uint64_t window_ms;    /* time_window */
+    bool sliding;          /* window_type "sliding" */
+    struct limit_conf lim; /* key, owner, rejected_code/_msg, allow_degradation */
+    bool show_headers;     /* show_limit_quota_header */
 };
 
 static void lc_destroy(void *state)
@@ -43,9 +39,7 @@ static void lc_destroy(void *state)
     struct limit_count *lc = state;
     if (!lc)
         return;
-    limit_key_free(&lc->key);
-    free(lc->owner);
-    free(lc->rejected_msg);
+    limit_conf_free(&lc->lim);
     free(lc);
 }
 
@@ -71,22 +65,13 @@ static int lc_create(const struct plugin_create_args *a, void **state, char *err
     lc->count = (uint64_t)count;
     lc->window_ms = (uint64_t)window * 1000;
     lc->sliding = wt && strcmp(wt, "sliding") == 0;
-    json_t *code = json_object_get(c, "rejected_code");
-    lc->rejected_code = code ? (int)json_integer_value(code) : 503;
-    const char *msg = json_string_value(json_object_get(c, "rejected_msg"));
-    lc->rejected_msg = msg ? strdup(msg) : NULL;
     json_t *show = json_object_get(c, "show_limit_quota_header");
     lc->show_headers = show ? json_is_true(show) : true;
-    lc->allow_degradation = json_is_true(json_object_get(c, "allow_degradation"));
-    lc->owner = limit_owner(c, a->owner, json_string_value(json_object_get(c, "group")));
-    if (limit_key_parse(c, "remote_addr", &lc->key, err, errlen) < 0 || !lc->owner ||
-        (msg && !lc->rejected_msg)) {
-        if (!err[0])
-            snprintf(err, errlen, "out of memory");
+    if (limit_conf_parse(c, "limit-count", a->owner, json_string_value(json_object_get(c, "group")),
+                         "remote_addr", &lc->lim, err, errlen) < 0) {
         lc_destroy(lc);
         return -1;
     }
-    limit_check_policy(c, "limit-count", a->owner);
     *state = lc;
     return 0;
 }
@@ -103,18 +88,18 @@ static int lc_access(struct plugin_req *r, void *state, void **data)
     struct limit_count *lc = state;
     (void)data;
     char key[LIMIT_KEY_MAX];
-    size_t klen = limit_key_req(&lc->key, r, key, sizeof(key));
+    size_t klen = limit_key_req(&lc->lim.key, r, key, sizeof(key));
     struct shm_limits *t = limit_table();
     struct shm_limits_verdict v;
     int rc = -ENOMEM;
     if (t) {
-        uint64_t k = shm_limits_key(lc->sliding ? SHM_LIMITS_SLIDING : SHM_LIMITS_COUNT, lc->owner,
-                                    "limit-count", key, klen);
+        uint64_t k = shm_limits_key(lc->sliding ? SHM_LIMITS_SLIDING : SHM_LIMITS_COUNT,
+                                    lc->lim.owner, "limit-count", key, klen);
         rc = shm_limits_count(t, k, lc->count, lc->window_ms, shm_limits_now(t), &v);
     }
     if (rc < 0) {
         limit_warn_full("limit-count");
-        if (lc->allow_degradation)
+        if (lc->lim.allow_degradation)
             return PLUGIN_CONTINUE;
         limit_reject(r, 500, "failed to limit count");
         return PLUGIN_STOP;
@@ -126,7 +111,7 @@ static int lc_access(struct plugin_req *r, void *state, void **data)
     }
     if (v.admitted)
         return PLUGIN_CONTINUE;
-    limit_reject(r, lc->rejected_code, lc->rejected_msg);
+    limit_reject(r, lc->lim.rejected_code, lc->lim.rejected_msg);
     return PLUGIN_STOP;
 }
 

@@ -20,14 +20,10 @@
 #include "limit_common.h"
 
 struct limit_req {
-    double rate;            /* requests per second */
-    double burst;           /* excess requests that may wait */
-    bool nodelay;           /* admit excess requests at once */
-    struct limit_key key;   /* key, key_type */
-    char *owner;            /* the counters' owner (limit_owner) */
-    int rejected_code;      /* default 503 */
-    char *rejected_msg;     /* or NULL */
-    bool allow_degradation; /* let requests through when the limiter fails */
+    double rate;           /* requests per second */
+    double burst;          /* excess requests that may wait */
+    bool nodelay;          /* admit excess requests at once */
+    struct limit_conf lim; /* key, owner, rejected_code/_msg, allow_degradation */
 };
 
 /* A request waiting for its turn. */
@@ -42,9 +38,7 @@ static void lr_destroy(void *state)
     struct limit_req *lr = state;
     if (!lr)
         return;
-    limit_key_free(&lr->key);
-    free(lr->owner);
-    free(lr->rejected_msg);
+    limit_conf_free(&lr->lim);
     free(lr);
 }
 
@@ -66,20 +60,10 @@ static int lr_create(const struct plugin_create_args *a, void **state, char *err
     lr->rate = rate;
     lr->burst = burst;
     lr->nodelay = json_is_true(json_object_get(c, "nodelay"));
-    json_t *code = json_object_get(c, "rejected_code");
-    lr->rejected_code = code ? (int)json_integer_value(code) : 503;
-    const char *msg = json_string_value(json_object_get(c, "rejected_msg"));
-    lr->rejected_msg = msg ? strdup(msg) : NULL;
-    lr->allow_degradation = json_is_true(json_object_get(c, "allow_degradation"));
-    lr->owner = limit_owner(c, a->owner, NULL);
-    if (limit_key_parse(c, NULL, &lr->key, err, errlen) < 0 || !lr->owner ||
-        (msg && !lr->rejected_msg)) {
-        if (!err[0])
-            snprintf(err, errlen, "out of memory");
+    if (limit_conf_parse(c, "limit-req", a->owner, NULL, NULL, &lr->lim, err, errlen) < 0) {
         lr_destroy(lr);
         return -1;
     }
-    limit_check_policy(c, "limit-req", a->owner);
     *state = lr;
     return 0;
 }
@@ -111,23 +95,23 @@ static int lr_access(struct plugin_req *r, void *state, void **data)
 {
     struct limit_req *lr = state;
     char key[LIMIT_KEY_MAX];
-    size_t klen = limit_key_req(&lr->key, r, key, sizeof(key));
+    size_t klen = limit_key_req(&lr->lim.key, r, key, sizeof(key));
     struct shm_limits *t = limit_table();
     struct shm_limits_verdict v;
     int rc = -ENOMEM;
     if (t) {
-        uint64_t k = shm_limits_key(SHM_LIMITS_REQ, lr->owner, "limit-req", key, klen);
+        uint64_t k = shm_limits_key(SHM_LIMITS_REQ, lr->lim.owner, "limit-req", key, klen);
         rc = shm_limits_req(t, k, lr->rate, lr->burst, shm_limits_now(t), &v);
     }
     if (rc < 0) {
         limit_warn_full("limit-req");
-        if (lr->allow_degradation)
+        if (lr->lim.allow_degradation)
             return PLUGIN_CONTINUE;
         limit_reject(r, 500, "failed to limit req");
         return PLUGIN_STOP;
     }
     if (!v.admitted) {
-        limit_reject(r, lr->rejected_code, lr->rejected_msg);
+        limit_reject(r, lr->lim.rejected_code, lr->lim.rejected_msg);
         return PLUGIN_STOP;
     }
     /* APISIX waits only for delays of a millisecond or more. */

@@ -28,6 +28,7 @@
 
 #include "log.h"
 #include "plugin.h"
+#include "plugin_common.h"
 
 #define PR_MAX_PAIRS 32  /* regex_uri pairs */
 #define PR_MAX_OUT 16384 /* a rewritten uri or header value */
@@ -241,15 +242,9 @@ static int prw_create(const struct plugin_create_args *a, void **state, char *er
                 snprintf(err, errlen, "regex_uri: strings expected");
                 goto fail;
             }
-            int ec;
-            PCRE2_SIZE eo;
-            pcre2_code *re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED, 0, &ec, &eo, NULL);
-            if (!re) {
-                char m[128];
-                pcre2_get_error_message(ec, (PCRE2_UCHAR *)m, sizeof(m));
-                snprintf(err, errlen, "regex_uri %s: %s", pat, m);
+            pcre2_code *re = plugin_regex_compile(pat, "regex_uri", err, errlen);
+            if (!re)
                 goto fail;
-            }
             c->re[c->nre] = re;
             c->tmpl[c->nre++] = tpl;
         }
