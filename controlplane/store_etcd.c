@@ -67,6 +67,7 @@
 #include <time.h>
 #include <uv.h>
 
+#include "base64.h"
 #include "log.h"
 
 #define MAX_ENDPOINTS 16
@@ -185,80 +186,22 @@ static void set_err(struct etcd_store *e, const char *fmt, ...)
 
 /* ---- base64 ------------------------------------------------------------ */
 
-static const char b64chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-static char *b64_encode(const char *src, size_t n)
-{
-    char *out = malloc((n + 2) / 3 * 4 + 1), *o = out;
-    if (!out)
-        return NULL;
-    const unsigned char *s = (const unsigned char *)src;
-    size_t i = 0;
-    for (; i + 2 < n; i += 3) {
-        *o++ = b64chars[s[i] >> 2];
-        *o++ = b64chars[((s[i] & 3) << 4) | (s[i + 1] >> 4)];
-        *o++ = b64chars[((s[i + 1] & 15) << 2) | (s[i + 2] >> 6)];
-        *o++ = b64chars[s[i + 2] & 63];
-    }
-    if (i < n) {
-        *o++ = b64chars[s[i] >> 2];
-        if (i + 1 < n) {
-            *o++ = b64chars[((s[i] & 3) << 4) | (s[i + 1] >> 4)];
-            *o++ = b64chars[(s[i + 1] & 15) << 2];
-        } else {
-            *o++ = b64chars[(s[i] & 3) << 4];
-            *o++ = '=';
-        }
-        *o++ = '=';
-    }
-    *o = '\0';
-    return out;
-}
-
-static int b64_val(char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+' || c == '-')
-        return 62;
-    if (c == '/' || c == '_')
-        return 63;
-    return -1;
-}
-
 /* Decodes into a NUL-terminated malloc'd string; NULL on bad input. */
 static char *b64_decode(const char *src, size_t *outlen)
 {
     size_t n = strlen(src);
-    char *out = malloc(n / 4 * 3 + 4);
+    unsigned char *out = malloc(BASE64_DECODED_MAX(n));
     if (!out)
         return NULL;
-    size_t o = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (src[i] == '=')
-            break;
-        int v = b64_val(src[i]);
-        if (v < 0) {
-            free(out);
-            return NULL;
-        }
-        acc = (acc << 6) | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[o++] = (char)((acc >> bits) & 0xff);
-        }
+    long o = base64_decode(src, n, out, BASE64_LENIENT);
+    if (o < 0) {
+        free(out);
+        return NULL;
     }
     out[o] = '\0';
     if (outlen)
-        *outlen = o;
-    return out;
+        *outlen = (size_t)o;
+    return (char *)out;
 }
 
 /* ---- keys ---------------------------------------------------------------- */
@@ -313,10 +256,10 @@ static char *b64_range_end(const char *prefix)
         n--;
     char *r;
     if (n == 0) {
-        r = b64_encode("", 1);
+        r = base64_encode("", 1);
     } else {
         u[n - 1] = (char)((unsigned char)u[n - 1] + 1);
-        r = b64_encode(u, n);
+        r = base64_encode(u, n);
     }
     free(u);
     return r;
@@ -351,7 +294,7 @@ static char *jb64(const json_t *o, const char *name)
 
 static json_t *jb64_new(const char *s)
 {
-    char *b = b64_encode(s, strlen(s));
+    char *b = base64_encode(s, strlen(s));
     json_t *j = b ? json_string(b) : NULL;
     free(b);
     return j;
@@ -359,12 +302,40 @@ static json_t *jb64_new(const char *s)
 
 /* ---- HTTP ------------------------------------------------------------------ */
 
+/* Forgets the auth token: the next call authenticates again. */
+static void drop_token(struct etcd_store *e)
+{
+    pthread_mutex_lock(&e->mu);
+    free(e->token);
+    e->token = NULL;
+    pthread_mutex_unlock(&e->mu);
+}
+
 static bool stopping(struct etcd_store *e)
 {
     pthread_mutex_lock(&e->mu);
     bool s = e->stop;
     pthread_mutex_unlock(&e->mu);
     return s;
+}
+
+/* Grows *buf (of *cap bytes, doubling from first) to hold need bytes;
+ * -1 when out of memory or that would pass MAX_RESPONSE. */
+static int buf_reserve(char **buf, size_t *cap, size_t need, size_t first)
+{
+    if (need <= *cap)
+        return 0;
+    size_t c = *cap ? *cap : first;
+    while (c < need)
+        c *= 2;
+    if (c > MAX_RESPONSE)
+        return -1;
+    char *b = realloc(*buf, c);
+    if (!b)
+        return -1;
+    *buf = b;
+    *cap = c;
+    return 0;
 }
 
 static size_t on_body(char *p, size_t sz, size_t n, void *ud)
@@ -375,16 +346,8 @@ static size_t on_body(char *p, size_t sz, size_t n, void *ud)
         c->too_big = true;
         return 0;
     }
-    if (c->len + len + 1 > c->cap) {
-        size_t cap = c->cap ? c->cap : 4096;
-        while (cap < c->len + len + 1)
-            cap *= 2;
-        char *b = realloc(c->buf, cap);
-        if (!b)
-            return 0;
-        c->buf = b;
-        c->cap = cap;
-    }
+    if (buf_reserve(&c->buf, &c->cap, c->len + len + 1, 4096) < 0)
+        return 0;
     memcpy(c->buf + c->len, p, len);
     c->len += len;
     c->buf[c->len] = '\0';
@@ -622,10 +585,7 @@ again:;
         }
         if (r == CALL_AUTH && e->user && !reauthed) {
             reauthed = true;
-            pthread_mutex_lock(&e->mu);
-            free(e->token);
-            e->token = NULL;
-            pthread_mutex_unlock(&e->mu);
+            drop_token(e);
             i--; /* the same endpoint again, with a new token */
             continue;
         }
@@ -735,7 +695,7 @@ static int et_list(store *s, const char *prefix, int64_t at_rev, store_item_fn f
     if (!ep)
         return -EINVAL;
     char *end = b64_range_end(ep);
-    char *from = b64_encode(ep, strlen(ep)); /* base64 of the next page's first key */
+    char *from = base64_encode(ep, strlen(ep)); /* base64 of the next page's first key */
     free(ep);
     int64_t rev = at_rev;
     int ret = (end && from) ? 0 : -ENOMEM;
@@ -776,7 +736,7 @@ static int et_list(store *s, const char *prefix, int64_t at_rev, store_item_fn f
         free(from);
         from = NULL;
         if (more) /* from just after the last key: the key with a NUL appended */
-            from = b64_encode(last, last_len + 1);
+            from = base64_encode(last, last_len + 1);
         free(last);
         if (!more)
             break;
@@ -883,6 +843,29 @@ static int classify_failure(struct etcd_store *e, const char *key, int64_t expec
 
 static void wait_delivered(struct etcd_store *e, int64_t rev);
 
+/* The first kv of a txn's i-th response, a range (NULL when it has none). */
+static json_t *txn_range_kv(const json_t *resp, size_t i)
+{
+    json_t *r = json_array_get(json_object_get(resp, "responses"), i);
+    return json_array_get(json_object_get(json_object_get(r, "response_range"), "kvs"), 0);
+}
+
+/* Runs a write's txn; req (taken) holds the compares, the write on
+ * success and a range of the key on failure. 0 with *rev, or why the
+ * write failed. *resp is the answer in either case (the caller frees it). */
+static int run_write_txn(struct etcd_store *e, const char *what, json_t *req, const char *key,
+                         const struct store_write *w, bool is_delete, json_t **resp, int64_t *rev)
+{
+    int rc = lcall(e, what, "/v3/kv/txn", req, resp);
+    json_decref(req);
+    if (rc < 0)
+        return rc == -ERANGE ? -EIO : rc;
+    if (!json_is_true(json_object_get(*resp, "succeeded")))
+        return classify_failure(e, key, w->expect_mod_rev, txn_range_kv(*resp, 0), is_delete);
+    *rev = jint(json_object_get(*resp, "header"), "revision");
+    return 0;
+}
+
 static int et_put(store *s, const char *key, const char *value, const struct store_write *w,
                   struct store_item *out)
 {
@@ -926,23 +909,10 @@ static int et_put(store *s, const char *key, const char *value, const struct sto
     req = json_pack("{s:o, s:[{s:o}, {s:{s:o}}], s:[{s:{s:o}}]}", "compare", cmp, "success",
                     "request_put", put, "request_range", "key", jb64_new(ek), "failure",
                     "request_range", "key", jb64_new(ek));
-    rc = lcall(e, "put", "/v3/kv/txn", req, &resp);
-    json_decref(req);
-    if (rc < 0) {
-        if (rc == -ERANGE)
-            rc = -EIO;
+    int64_t rev = 0;
+    if ((rc = run_write_txn(e, "put", req, key, w, false, &resp, &rev)) < 0)
         goto out;
-    }
-    json_t *resps = json_object_get(resp, "responses");
-    if (!json_is_true(json_object_get(resp, "succeeded"))) {
-        json_t *cur = json_array_get(
-            json_object_get(json_object_get(json_array_get(resps, 0), "response_range"), "kvs"), 0);
-        rc = classify_failure(e, key, w->expect_mod_rev, cur, false);
-        goto out;
-    }
-    int64_t rev = jint(json_object_get(resp, "header"), "revision");
-    json_t *kv = json_array_get(
-        json_object_get(json_object_get(json_array_get(resps, 1), "response_range"), "kvs"), 0);
+    json_t *kv = txn_range_kv(resp, 1);
     if (out) {
         out->key = strdup(key);
         out->value = strdup(value);
@@ -987,21 +957,9 @@ static int et_del(store *s, const char *key, const struct store_write *w, int64_
     json_t *req = json_pack("{s:o, s:[{s:{s:o}}], s:[{s:{s:o}}]}", "compare", cmp, "success",
                             "request_delete_range", "key", jb64_new(ek), "failure", "request_range",
                             "key", jb64_new(ek));
-    rc = lcall(e, "delete", "/v3/kv/txn", req, &resp);
-    json_decref(req);
-    if (rc < 0) {
-        if (rc == -ERANGE)
-            rc = -EIO;
+    int64_t rev = 0;
+    if ((rc = run_write_txn(e, "delete", req, key, w, true, &resp, &rev)) < 0)
         goto out;
-    }
-    json_t *resps = json_object_get(resp, "responses");
-    if (!json_is_true(json_object_get(resp, "succeeded"))) {
-        json_t *cur = json_array_get(
-            json_object_get(json_object_get(json_array_get(resps, 0), "response_range"), "kvs"), 0);
-        rc = classify_failure(e, key, w->expect_mod_rev, cur, true);
-        goto out;
-    }
-    int64_t rev = jint(json_object_get(resp, "header"), "revision");
     if (out_rev)
         *out_rev = rev;
     wait_delivered(e, rev);
@@ -1239,10 +1197,7 @@ static void watch_message(struct etcd_store *e, const char *line, size_t len)
         const char *m = json_string_value(json_object_get(err, "message"));
         snprintf(e->w_err, sizeof(e->w_err), "watch error: %s", m ? m : "unknown");
         if (jint(err, "grpc_code") == 16 || (m && strstr(m, "auth"))) {
-            pthread_mutex_lock(&e->mu);
-            free(e->token);
-            e->token = NULL;
-            pthread_mutex_unlock(&e->mu);
+            drop_token(e);
         }
         e->w_state = WS_ERROR;
         json_decref(j);
@@ -1289,10 +1244,7 @@ static void watch_message(struct etcd_store *e, const char *line, size_t len)
         snprintf(e->w_err, sizeof(e->w_err), "watch canceled by etcd: %s",
                  why && *why ? why : "no reason given");
         if (why && (strstr(why, "auth") || strstr(why, "permission"))) {
-            pthread_mutex_lock(&e->mu);
-            free(e->token);
-            e->token = NULL;
-            pthread_mutex_unlock(&e->mu);
+            drop_token(e);
         }
         e->w_state = WS_ERROR;
         json_decref(j);
@@ -1344,18 +1296,8 @@ static size_t on_watch_data(char *p, size_t sz, size_t n, void *ud)
     struct etcd_store *e = ud;
     size_t len = sz * n;
     e->w_rx_ms = now_ms();
-    if (e->wlen + len + 1 > e->wcap) {
-        size_t cap = e->wcap ? e->wcap : 8192;
-        while (cap < e->wlen + len + 1)
-            cap *= 2;
-        if (cap > MAX_RESPONSE)
-            return 0;
-        char *b = realloc(e->wbuf, cap);
-        if (!b)
-            return 0;
-        e->wbuf = b;
-        e->wcap = cap;
-    }
+    if (buf_reserve(&e->wbuf, &e->wcap, e->wlen + len + 1, 8192) < 0)
+        return 0;
     memcpy(e->wbuf + e->wlen, p, len);
     e->wlen += len;
     size_t start = 0;
@@ -1505,10 +1447,7 @@ static void watch_once(struct etcd_store *e, size_t ep)
                     snprintf(e->w_err, sizeof(e->w_err), "%s: the watch ended (HTTP %ld)",
                              e->eps[ep], status);
                 if (status == 401) {
-                    pthread_mutex_lock(&e->mu);
-                    free(e->token);
-                    e->token = NULL;
-                    pthread_mutex_unlock(&e->mu);
+                    drop_token(e);
                 }
             }
         }
