@@ -26,8 +26,8 @@ def ca(name, subject):
     return ("ca", name, subject, None, None)
 
 
-def server(name, subject, san, by="ca"):
-    return ("leaf", name, subject, "subjectAltName=%s\nextendedKeyUsage=serverAuth\n" % san, by)
+def server(name, subject, san, by="ca", eku="serverAuth"):
+    return ("leaf", name, subject, "subjectAltName=%s\nextendedKeyUsage=%s\n" % (san, eku), by)
 
 
 def client(name, subject, by="ca"):

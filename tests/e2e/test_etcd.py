@@ -11,14 +11,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import threading
 import time
 
+from certs import ca, client, module_certs, server
 from dp_harness import new_dp, new_upstream, wait_serving
 from etcd_harness import Etcd, EtcdClient, etcdctl, module_etcd, new_cluster, new_etcd, unb64
-from harness import (T, Fail, check, eq, expect_error, expect_status, new_tmpdir, uid,
-                     wait_until)
+from harness import T, Fail, check, eq, expect_error, expect_status, uid, wait_until
 
 CONFLICT = "the resource was changed by another writer at the same time; retry"
 
@@ -42,6 +41,15 @@ def pair(ctx, urls_a, urls_b=None, prefix=None, **kw):
     a = cp_on(ctx, urls_a, prefix, name="cpA", **kw)
     b = cp_on(ctx, urls_b or urls_a, prefix, name="cpB", **kw)
     return a, b
+
+
+def cp_with_dp(ctx, tag):
+    """The module's etcd, a control plane on it under a prefix of its own,
+    an upstream and a data plane: (etcd, prefix, cp, upstream, dp)."""
+    e = module_etcd(ctx)
+    prefix = "/" + uid(tag)
+    d = cp_on(ctx, e.url, prefix)
+    return e, prefix, d, new_upstream(ctx, tag), new_dp(ctx, d, workers=1)
 
 
 def rel(key):
@@ -160,11 +168,7 @@ def test_prefix_is_honoured_and_isolates(ctx):
 
 def test_write_in_etcd_reaches_data_planes(ctx):
     # Operators sometimes write etcd directly (etcdctl put), as with APISIX.
-    e = module_etcd(ctx)
-    prefix = "/" + uid("ext")
-    d = cp_on(ctx, e.url, prefix)
-    up = new_upstream(ctx, "ext")
-    dp = new_dp(ctx, d, workers=1)
+    e, prefix, d, up, dp = cp_with_dp(ctx, "ext")
     body = json.dumps(route(up, "/ext", id="ext"))
     rc, _, err = etcdctl(e.url, "put", prefix + "/routes/ext", body)
     check(rc == 0, "etcdctl put: %s" % err)
@@ -316,11 +320,7 @@ def test_delete_protection_across_control_planes(ctx):
 
 
 def test_ttl_uses_a_lease(ctx):
-    e = module_etcd(ctx)
-    prefix = "/" + uid("ttl")
-    d = cp_on(ctx, e.url, prefix)
-    up = new_upstream(ctx, "ttl")
-    dp = new_dp(ctx, d, workers=1)
+    e, prefix, d, up, dp = cp_with_dp(ctx, "ttl")
     for bad in ("abc", "0", "-1", "1.5"):
         r = d.put("routes/bad?ttl=" + bad, route(up, "/bad"))
         expect_error(r, 400)
@@ -481,26 +481,40 @@ def test_compaction_and_broken_watch(ctx):
        ["r2", "r3", "r4", "r5"], "A's routes after the resync")
 
 
+def two_cps(ctx, tag, members_a, member_b, first):
+    """Control plane A on members_a (timeout 2 s) with a data plane, B on
+    member_b, under one prefix; route `first` is served by A's data plane.
+    Returns (a, b, upstream, dpa)."""
+    prefix = "/" + uid(tag)
+    a = cp_on(ctx, [m.url for m in members_a], prefix, timeout=2, name="cpA")
+    b = cp_on(ctx, [member_b.url], prefix, name="cpB")
+    up = new_upstream(ctx, tag)
+    dpa = new_dp(ctx, a, name="dpA", workers=1)
+    a.must("PUT", "routes/" + first, route(up, "/" + first), status=201)
+    serving(dpa, "/" + first)
+    return a, b, up, dpa
+
+
+def first_put_moves_on(a, up, name, what, interval):
+    """The first PUT through A after its first etcd member `what` (died,
+    hung) already works: A moved on to its next member."""
+    first = a.put("routes/" + name, route(up, "/" + name))
+    if first.status != 201:
+        ok = wait_until(lambda: a.put("routes/" + name, route(up, "/" + name)).status in (200, 201),
+                        T(10), interval=interval)
+        raise Fail("first PUT through A after its first etcd member %s: %r (%s later)" % (
+            what, first, "it worked" if ok else "still failing 10s"))
+
+
 def test_endpoint_failover(ctx):
     cl = new_cluster(ctx, 3)
     # The member that dies is a follower: the cluster keeps its leader, so
     # what is tested is the control plane's move to its next URL.
     m1, m2, m3 = followers_first(cl)
-    prefix = "/" + uid("fo")
-    a = cp_on(ctx, [m1.url, m2.url], prefix, timeout=2, name="cpA")
-    b = cp_on(ctx, [m3.url], prefix, name="cpB")
-    up = new_upstream(ctx, "fo")
-    dpa = new_dp(ctx, a, name="dpA", workers=1)
-    a.must("PUT", "routes/f1", route(up, "/f1"), status=201)
-    serving(dpa, "/f1")
+    a, b, up, dpa = two_cps(ctx, "fo", [m1, m2], m3, "f1")
     m1.kill9()
     # Admin requests on A move to the second URL.
-    first = a.put("routes/f2", route(up, "/f2"))
-    if first.status != 201:
-        ok = wait_until(lambda: a.put("routes/f2", route(up, "/f2")).status in (200, 201),
-                        T(10), interval=0.2)
-        raise Fail("first PUT through A after its first etcd member died: %r (%s later)" % (
-            first, "it worked" if ok else "still failing 10s"))
+    first_put_moves_on(a, up, "f2", "died", 0.2)
     for k in range(5):
         expect_status(a.put("routes/g%d" % k, route(up, "/g%d" % k)), 201)
     expect_status(a.get("routes/f1"), 200)
@@ -541,23 +555,12 @@ def test_hung_member_does_not_stall_changes(ctx):
     # control plane streams: its watch has to notice and move on.
     cl = new_cluster(ctx, 3)
     f1, f2, lead = followers_first(cl)
-    prefix = "/" + uid("hung")
-    a = cp_on(ctx, [f1.url, f2.url], prefix, timeout=2, name="cpA")
-    b = cp_on(ctx, [lead.url], prefix, name="cpB")
-    up = new_upstream(ctx, "hung")
-    dpa = new_dp(ctx, a, name="dpA", workers=1)
-    a.must("PUT", "routes/h0", route(up, "/h0"), status=201)
-    serving(dpa, "/h0")
+    a, b, up, dpa = two_cps(ctx, "hung", [f1, f2], lead, "h0")
     f1.pause()
     try:
         # The hung member gets only a share of the request's timeout: the
         # first request already moves on to the second member.
-        first = a.put("routes/h1", route(up, "/h1"))
-        if first.status != 201:
-            ok = wait_until(lambda: a.put("routes/h1", route(up, "/h1")).status in (200, 201),
-                            T(10), interval=0.1)
-            raise Fail("first PUT through A after its first etcd member hung: %r (%s later)" % (
-                first, "it worked" if ok else "still failing 10s"))
+        first_put_moves_on(a, up, "h1", "hung", 0.1)
         b.must("PUT", "routes/h2", route(up, "/h2"), status=201)
         serving(dpa, "/h1", timeout=15)
         serving(dpa, "/h2", timeout=15)
@@ -568,35 +571,14 @@ def test_hung_member_does_not_stall_changes(ctx):
 # ---------------------------------------------------------------------------
 # TLS and authentication
 
-GEN = r"""
-set -e
-cd "$1"
-ec() { openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $1.key \
-  -out $1.csr -subj "$2" 2>/dev/null; }
-sign() { openssl x509 -req -in $1.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out $1.crt \
-  -days 365 -extfile $1.ext 2>/dev/null; }
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key \
-  -out ca.crt -days 3650 -subj '/CN=airgw etcd e2e CA' \
-  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
-  2>/dev/null
-# etcd's own gateway dials etcd with the server certificate: clientAuth too.
-printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n' \
-  > server.ext
-ec server '/CN=etcd'; sign server
-printf 'extendedKeyUsage=clientAuth\n' > client.ext
-ec client '/CN=airgw-controlplane'; sign client
-"""
-
-
 def certs(ctx):
-    d = getattr(ctx.mod, "tls_dir", None)
-    if d is None:
-        d = new_tmpdir("etcd-certs")
-        path = os.path.join(d, "gen.sh")
-        with open(path, "w") as f:
-            f.write(GEN)
-        subprocess.run(["sh", path, d], check=True, stdout=subprocess.DEVNULL)
-        ctx.mod.tls_dir = d
+    d = module_certs(ctx, "etcd-certs",
+                     ca("ca", "/CN=airgw etcd e2e CA"),
+                     # etcd's own gateway dials etcd with the server certificate:
+                     # clientAuth too.
+                     server("server", "/CN=etcd", "IP:127.0.0.1,DNS:localhost",
+                            eku="serverAuth,clientAuth"),
+                     client("client", "/CN=airgw-controlplane"))
     return {n: os.path.join(d, f) for n, f in (
         ("ca", "ca.crt"), ("cert", "server.crt"), ("key", "server.key"),
         ("client_cert", "client.crt"), ("client_key", "client.key"))}
