@@ -282,6 +282,20 @@ static struct hp_req *req_new(struct hp_client *c)
     return r;
 }
 
+/* What routing and the chash key see of a request. */
+static struct route_query req_query(struct hp_req *r)
+{
+    return (struct route_query){
+        .method = r->method,
+        .host = r->host,
+        .path = r->path,
+        .path_len = r->path_len,
+        .remote = &r->c->peer.sa,
+        .var = hp_req_var,
+        .var_ud = r,
+    };
+}
+
 void hp_req_info(struct hp_req *r, int status, uint64_t now, struct http_request_info *out)
 {
     *out = (struct http_request_info){
@@ -715,15 +729,7 @@ static void req_start(struct hp_client *c)
         return;
     }
     r->snap = snapshot_ref(s);
-    struct route_query rq = {
-        .method = r->method,
-        .host = r->host,
-        .path = r->path,
-        .path_len = r->path_len,
-        .remote = &c->peer.sa,
-        .var = hp_req_var,
-        .var_ud = r,
-    };
+    struct route_query rq = req_query(r);
     r->route = snapshot_match_ex(r->snap, &rq, &r->matched_uri, &r->matched_host);
     /* Plugins (global rules run also without a route) take the request
      * over when a chain applies; else it goes on at once. */
@@ -772,15 +778,7 @@ bool hp_req_prepare(struct hp_req *r)
      * hash_on consumer needs the consumer they found). */
     const char *type = json_string_value(json_object_get(r->up->conf, "type"));
     if (type && strcmp(type, "chash") == 0) {
-        struct route_query rq = {
-            .method = r->method,
-            .host = r->host,
-            .path = r->path,
-            .path_len = r->path_len,
-            .remote = &c->peer.sa,
-            .var = hp_req_var,
-            .var_ud = r,
-        };
+        struct route_query rq = req_query(r);
         char kb[512];
         size_t kl = snapshot_hash_key(r->up, &rq, kb, sizeof(kb));
         if (kl >= sizeof(kb))
