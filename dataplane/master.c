@@ -54,6 +54,7 @@ struct worker {
     uv_pipe_t chan;            /* config channel; chan.data = worker */
     struct cfgs_decoder dec;   /* ACKs from the worker */
     int64_t acked;             /* last revision it serves */
+    int64_t sent_rev;          /* revision of the snapshot it was sent at spawn */
     uint64_t started_ms;       /* loop time at spawn */
     int exited;                /* process gone */
     int chan_closed;           /* channel handle closed */
@@ -241,6 +242,7 @@ static void send_snapshot(struct worker *w)
 {
     if (!chan_usable(w))
         return;
+    w->sent_rev = w->m->st.revision;
     int rc = cfg_state_encode(&w->m->st, emit_to_worker, w);
     if (rc < 0)
         log_error("cannot encode the configuration for worker %d: %s", w->slot, strerror(-rc));
@@ -421,7 +423,9 @@ static void on_chan_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     while (cfgs_decoder_next(&w->dec, &msg, NULL, 0) > 0) {
         if (msg.type == CFGS_ACK) {
             w->acked = msg.revision;
-            if (w->state == W_STARTING && w->acked >= w->m->st.revision) {
+            /* Serving once it compiled what it was sent at spawn: during a
+             * burst of changes the latest revision may keep moving on. */
+            if (w->state == W_STARTING && w->acked >= w->sent_rev) {
                 w->state = W_SERVING;
                 on_worker_serving(w);
             }

@@ -9,6 +9,7 @@ a user-visible property)."""
 import http.client
 import json
 import re
+import signal
 import threading
 
 from harness import T, check, eq, uid, wait_until
@@ -153,3 +154,62 @@ def test_dp_sigterm_during_a_burst_exits_cleanly(ctx):
     check(wait_until(lambda: acked_at_least(env.cp, d, rev), T(10)),
           "the restarted data plane does not reach revision %d: %s"
           % (rev, env.cp.dataplanes()))
+
+
+SERVING_RE = re.compile(r"worker \d+ \(pid (\d+)\) serving revision")
+
+
+def test_dp_sighup_during_a_burst_replaces_workers_before_it_ends(ctx):
+    """A reload in the middle of a burst: the new workers take over while the
+    changes keep coming (they serve once they compiled what they were sent,
+    not only once they caught up with a revision that keeps moving)."""
+    env = env_of(ctx)
+    d = new_dp(ctx, env.cp, name="bursthup", workers=2)
+    wait_serving(d, "/nothing-here", pred=lambda r: r.status == 404)
+    old = set(d.workers().values())
+    tag = uid("bh")
+    adm = Admin(env.cp)
+    stop = threading.Event()
+    started = threading.Event()
+    done = []
+
+    class Stopped(Exception):
+        pass
+
+    def on_put(i):
+        if i == 100:
+            started.set()
+        if stop.is_set():
+            raise Stopped()
+
+    def run():
+        try:
+            done.append(burst(adm, tag, env.ups["a"].addr, 3000, on_put=on_put))
+        except Stopped:
+            done.append("stopped")
+        except BaseException as ex:  # noqa: BLE001
+            done.append(ex)
+        started.set()
+    th = threading.Thread(target=run)
+    th.start()
+    try:
+        check(started.wait(T(60)), "the burst did not start")
+        mark = d.log_mark()
+        d.proc.send_signal(signal.SIGHUP)
+
+        def new_serving():
+            pids = {int(p) for p in SERVING_RE.findall(d.stderr()[mark:])}
+            return len(pids - old) >= 2
+        ok = wait_until(new_serving, T(20))
+        still_running = th.is_alive()
+    finally:
+        stop.set()
+        th.join(T(120))
+        adm.close()
+    check(ok, "the new workers did not serve within 20 s of SIGHUP; log tail:\n%s"
+          % "\n".join(d.tail(12)))
+    check(still_running, "the burst ended before the new workers served: the test proved "
+                         "nothing (make the burst longer)")
+    check(done and not isinstance(done[0], BaseException), "burst: %s" % (done[:1],))
+    check(wait_until(lambda: not (set(d.workers().values()) & old), T(10)),
+          "the old workers were not retired: %s (old %s)" % (d.workers(), old))
