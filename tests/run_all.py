@@ -73,7 +73,13 @@ def run_suite(name, argv, env_extra, timeout):
     log("  %-40s %3d passed, %d failed  (%.1f s) %s" % (name, passed, failed, took, status))
     if failed:
         lines = [l for l in out.splitlines() if l.strip()]
-        log("\n".join("      | " + l for l in lines[-60:]))
+        # Every failure with the lines that explain it (a failed test prints
+        # its message, then the logs of what it started), then the end.
+        shown = []
+        for i, l in enumerate(lines):
+            if l.startswith(("FAIL", "ERROR", "CRASH")) and len(shown) < 400:
+                shown += lines[i:i + 40] + ["..."]
+        log("\n".join("      | " + l for l in shown + lines[-20:]))
     return passed, failed
 
 
