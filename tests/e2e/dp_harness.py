@@ -302,6 +302,10 @@ class DataPlane:
         self.http_ports = [free_port() for _ in range(listeners)]
         self.metrics_port = free_port()
         self.config_path = None
+        # The HTTPS listener defaults to 0.0.0.0:9443: a test that does not ask
+        # for one gets none, so every listener stays on 127.0.0.1, free ports.
+        self.https_default_off = not (config is not None and "https_listen" in (
+            config if isinstance(config, str) else to_yaml(config)))
         if config is not None:
             self.config_path = os.path.join(self.dir, "dataplane.yaml")
             self.write_config(config)
@@ -349,6 +353,8 @@ class DataPlane:
                   "--log-level", self.log_level]
             if self.state_dir:
                 a += ["--state-dir", self.state_dir]
+            if self.https_default_off and "--https-listen" not in self.extra:
+                a += ["--https-listen", "off"]
         if self.access_log is not None:
             a += ["--access-log", self.access_log]
         if self.access_log_format is not None:

@@ -302,7 +302,7 @@ def test_config_file_settings(ctx):
     d.write_config({"dataplane": {
         "control_plane": "127.0.0.1:%d" % env.cp.config_port,
         "http_listen": ["127.0.0.1:%d" % d.http_ports[0]],
-        "metrics_listen": "127.0.0.1:%d" % d.metrics_port,
+        "metrics_listen": "127.0.0.1:%d" % d.metrics_port, "https_listen": [],
         "workers": 1, "state_dir": d.state_dir, "node_id": "yaml-node-7",
         "log_level": "info", "access_log": log, "access_log_format": "combined",
         "drain_timeout": 2,
