@@ -27,6 +27,7 @@ struct link {
     struct cfg_client *c;     /* owner; NULL once the owner let go of it */
     struct cfgs_decoder dec;  /* incoming frames */
     struct tls_conn *tls;     /* TLS engine, or NULL for plain TCP */
+    const struct sockaddr *dialled; /* the control plane's address (in the options) */
     char rbuf[65536];         /* read buffer */
     char pbuf[16384];         /* TLS: decrypted plaintext */
 };
@@ -299,14 +300,8 @@ static void on_connect(uv_connect_t *req, int status)
     uv_tcp_keepalive(&l->tcp, 1, 30);
     if (c->o.tls) {
         /* Verify the name configured, else the address we dialled. */
-        char ip[64] = "";
-        const char *colon = strrchr(c->where, ':');
-        if (c->where[0] == '[') {
-            const char *end = strchr(c->where, ']');
-            snprintf(ip, sizeof(ip), "%.*s", end ? (int)(end - c->where - 1) : 0, c->where + 1);
-        } else if (colon) {
-            snprintf(ip, sizeof(ip), "%.*s", (int)(colon - c->where), c->where);
-        }
+        char ip[64];
+        netaddr_format_ip(l->dialled, ip, sizeof(ip));
         l->tls = tls_conn_new_client(c->o.tls, c->o.server_name ? c->o.server_name : ip, NULL,
                                      NULL);
         if (!l->tls) {
@@ -334,6 +329,7 @@ static void connect_next(struct cfg_client *c)
     if (!l)
         return;
     l->c = c;
+    l->dialled = sa;
     cfgs_decoder_init(&l->dec);
     uv_tcp_init(c->loop, &l->tcp);
     l->tcp.data = l;

@@ -18,6 +18,7 @@ CERTS = (
     client("dp", "/CN=dataplane-1/O=airgw e2e"),
     client("rogue", "/CN=rogue", by="other"),
     server("fakecp", "/CN=controlplane", "IP:127.0.0.1", by="other"),
+    server("elsewhere", "/CN=controlplane", "IP:10.9.9.9,DNS:cp.internal"),
 )
 
 
@@ -85,6 +86,14 @@ def test_name_checked_when_configured(ctx):
     wait_serving(ok, "/named")
     refused_dp(ctx, cp, "a data plane synced with a control plane whose certificate does not "
                "name it", config=dp_conf(ctx, server_name="other.internal"))
+
+
+def test_address_checked_without_a_name(ctx):
+    """No server_name: the certificate must carry the address dialled (an
+    IP SAN); one from the right CA for another address is refused."""
+    cp = tls_cp(ctx, server="elsewhere")
+    refused_dp(ctx, cp, "a data plane synced with a control plane whose certificate is for "
+               "another address", config=dp_conf(ctx))
 
 
 def test_data_plane_without_certificate_refused(ctx):
